@@ -1,0 +1,3 @@
+from ecg_gateway.cli import main
+
+raise SystemExit(main())

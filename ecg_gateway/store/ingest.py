@@ -1,0 +1,106 @@
+"""Persist an accepted ECG message and its triage job in one transaction.
+
+Both receivers (DICOM C-STORE and HL7 MLLP) call :meth:`Ingestor.accept` *before* they
+acknowledge; the acknowledgement is sent only when it returns. A duplicate idempotency key
+(SOP Instance UID, or sending facility + MSH-10) stores nothing new and is still a success
+for the peer; different bytes under the same key are recorded as a conflict.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ecg_gateway.errors import StoreUnavailableError
+from ecg_gateway.store.models import Job, Message
+from ecg_gateway.store.queue import record_event
+
+log = structlog.get_logger(__name__)
+
+
+class IngestOutcome(str, enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"  # same key, different bytes: kept the first, audited
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: IngestOutcome
+    message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """What a receiver hands to the store once the ECG has decoded and validated."""
+
+    source: str  # "dicom" | "hl7"
+    idempotency_key: str
+    raw: bytes
+    content_type: str
+    peer: str | None
+    ecg_uid: str | None
+    identifiers: dict[str, Any]  # PHI: stored, never logged
+    priority: int = 100
+
+
+class Ingestor:
+    """Commits inbound messages; wakes the worker after each commit."""
+
+    def __init__(self, sessions: sessionmaker[Session], max_attempts: int = 3,
+                 on_commit: Callable[[], None] | None = None) -> None:
+        self._sessions = sessions
+        self._max_attempts = max_attempts
+        self._on_commit = on_commit or (lambda: None)
+
+    def accept(self, msg: InboundMessage) -> IngestResult:
+        """Store ``msg`` durably (or find its duplicate). Raises StoreUnavailableError."""
+        digest = hashlib.sha256(msg.raw).hexdigest()
+        try:
+            result = self._insert(msg, digest)
+        except IntegrityError:
+            result = self._duplicate(msg, digest)
+        except SQLAlchemyError as exc:
+            log.error("store_failed", source=msg.source, error=type(exc).__name__)
+            raise StoreUnavailableError("database could not commit") from exc
+        if result.outcome is IngestOutcome.STORED:
+            self._on_commit()
+        log.info("ecg_ingested", source=msg.source, outcome=result.outcome.value,
+                 message_id=result.message_id, ecg_uid=msg.ecg_uid, sha256=digest[:16])
+        return result
+
+    def _insert(self, msg: InboundMessage, digest: str) -> IngestResult:
+        with self._sessions.begin() as session:
+            row = Message(source=msg.source, idempotency_key=msg.idempotency_key, sha256=digest,
+                          content_type=msg.content_type, raw=msg.raw, peer=msg.peer,
+                          ecg_uid=msg.ecg_uid, identifiers=msg.identifiers)
+            session.add(row)
+            session.flush()
+            job = Job(kind="triage", message_id=row.id, priority=msg.priority,
+                      max_attempts=self._max_attempts)
+            session.add(job)
+            session.flush()
+            record_event(session, "received", message_id=row.id, job_id=job.id, peer=msg.peer,
+                         detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest})
+            return IngestResult(IngestOutcome.STORED, row.id)
+
+    def _duplicate(self, msg: InboundMessage, digest: str) -> IngestResult:
+        try:
+            with self._sessions.begin() as session:
+                existing = session.execute(
+                    select(Message.id, Message.sha256).where(Message.idempotency_key == msg.idempotency_key)
+                ).one()
+                outcome = IngestOutcome.DUPLICATE if existing.sha256 == digest else IngestOutcome.CONFLICT
+                record_event(session, f"received_{outcome.value}", message_id=existing.id, peer=msg.peer,
+                             detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest})
+                return IngestResult(outcome, existing.id)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailableError("database could not commit") from exc

@@ -1,0 +1,134 @@
+"""A lease-based work queue over ``jobs`` and ``outbound`` rows, on SQLite and PostgreSQL.
+
+A claim is one ``UPDATE … WHERE id IN (SELECT … [FOR UPDATE SKIP LOCKED]) RETURNING``
+statement: on SQLite writers are serialized (BEGIN IMMEDIATE), so it is atomic; on
+PostgreSQL SKIP LOCKED keeps concurrent claimers off each other's rows. Rows whose lease
+expired (a crashed worker) are claimable again in the same statement, and rows that have
+used up their attempts go to ``dead`` first. Leases use the database clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from ecg_gateway.store.db import db_now, db_now_plus
+from ecg_gateway.store.models import Event, Job, Outbound
+
+#: The states each claimable table uses: (waiting, leased, finished, dead).
+STATES: dict[type, tuple[str, str, str, str]] = {
+    Job: ("queued", "running", "done", "dead"),
+    Outbound: ("pending", "sending", "delivered", "dead"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    attempts: int
+    max_attempts: int
+    ref_id: int  # jobs.message_id or outbound.result_id
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _ref_column(table: type) -> Any:
+    return Job.message_id if table is Job else Outbound.result_id
+
+
+def claim(session: Session, table: type, limit: int, lease_s: float, kind: str | None = None) -> list[Claimed]:
+    """Lease up to ``limit`` due rows, highest priority (lowest number) first, oldest first.
+
+    Must run inside the caller's transaction; the caller commits.
+    """
+    waiting, leased, _, dead = STATES[table]
+    dialect = _dialect(session)
+    now = db_now(dialect)
+    expired = and_(table.state == leased, table.lease_until < now)
+    session.execute(
+        update(table)
+        .where(expired, table.attempts >= table.max_attempts)
+        .values(state=dead, lease_until=None, last_error="lease expired on the last attempt")
+        .execution_options(synchronize_session=False)
+    )
+    due = or_(and_(table.state == waiting, table.run_after <= now), expired)
+    candidates = select(table.id).where(due)
+    if kind is not None and table is Job:
+        candidates = candidates.where(Job.kind == kind)
+    candidates = candidates.order_by(table.priority, table.id).limit(limit)
+    if dialect == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    stmt = (
+        update(table)
+        .where(table.id.in_(candidates.scalar_subquery()))
+        .values(state=leased, lease_until=db_now_plus(dialect, lease_s), attempts=table.attempts + 1)
+        .returning(table.id, table.attempts, table.max_attempts, _ref_column(table))
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(stmt).all()
+    claimed = [Claimed(id=r[0], attempts=r[1], max_attempts=r[2], ref_id=r[3]) for r in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+def complete(session: Session, table: type, row_id: int, **values: Any) -> bool:
+    """Mark a leased row finished; False if we no longer hold it (lease lost)."""
+    _, leased, finished, _ = STATES[table]
+    result = session.execute(
+        update(table)
+        .where(table.id == row_id, table.state == leased)
+        .values(state=finished, lease_until=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def retry_later(session: Session, table: type, row_id: int, error: str, delay_s: float) -> str:
+    """Give a leased row back for a later attempt, or to ``dead`` if attempts are used up.
+
+    Returns the new state.
+    """
+    waiting, leased, _, dead = STATES[table]
+    row = session.execute(
+        select(table.attempts, table.max_attempts).where(table.id == row_id)
+    ).one()
+    state = dead if row.attempts >= row.max_attempts else waiting
+    session.execute(
+        update(table)
+        .where(table.id == row_id, table.state == leased)
+        .values(state=state, lease_until=None, last_error=error[:2000],
+                run_after=db_now_plus(_dialect(session), delay_s))
+        .execution_options(synchronize_session=False)
+    )
+    return state
+
+
+def dead_letter(session: Session, table: type, row_id: int, error: str) -> None:
+    _, _, _, dead = STATES[table]
+    session.execute(
+        update(table).where(table.id == row_id)
+        .values(state=dead, lease_until=None, last_error=error[:2000])
+        .execution_options(synchronize_session=False)
+    )
+
+
+def requeue(session: Session, table: type, row_ids: list[int] | None = None) -> int:
+    """Operator action: put dead rows (all, or the given ids) back with fresh attempts."""
+    waiting, _, _, dead = STATES[table]
+    stmt = update(table).where(table.state == dead)
+    if row_ids is not None:
+        stmt = stmt.where(table.id.in_(row_ids))
+    result = session.execute(
+        stmt.values(state=waiting, attempts=0, lease_until=None, run_after=db_now(_dialect(session)))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def record_event(session: Session, kind: str, **fields: Any) -> None:
+    """Append to the event log (no PHI: ids, UIDs, codes only)."""
+    session.add(Event(kind=kind, detail=fields.pop("detail", {}), **fields))
