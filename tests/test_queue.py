@@ -1,0 +1,58 @@
+"""Queue semantics on real SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select
+
+from ecg_gateway.store.ingest import Ingestor, IngestOutcome, InboundMessage
+from ecg_gateway.store.models import Event, Job, Message
+from ecg_gateway.store.queue import claim, complete, requeue, retry_later
+
+
+def _msg(key: str, raw: bytes = b"x") -> InboundMessage:
+    return InboundMessage(source="dicom", idempotency_key=key, raw=raw, content_type="application/dicom",
+                          peer="CART1", ecg_uid=key, identifiers={"patient_id": "P1"})
+
+
+def test_ingest_stores_message_and_job_once(sessions) -> None:
+    ingestor = Ingestor(sessions)
+    outcomes = [ingestor.accept(_msg("1.2.3")).outcome for _ in range(3)]
+    assert outcomes == [IngestOutcome.STORED, IngestOutcome.DUPLICATE, IngestOutcome.DUPLICATE]
+    assert ingestor.accept(_msg("1.2.3", raw=b"other")).outcome is IngestOutcome.CONFLICT
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 1
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
+        kinds = sorted(s.scalars(select(Event.kind)).all())
+    assert kinds == ["received", "received_conflict", "received_duplicate", "received_duplicate"]
+
+
+def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
+    ingestor = Ingestor(sessions, max_attempts=2)
+    for i in range(3):
+        ingestor.accept(_msg(f"1.2.{i}"))
+    with sessions.begin() as s:
+        s.execute(Job.__table__.update().where(Job.id == 3).values(priority=1))
+    with sessions.begin() as s:
+        first = claim(s, Job, limit=2, lease_s=0.3)
+    assert sorted(c.id for c in first) == [1, 3]
+    with sessions.begin() as s:
+        assert claim(s, Job, limit=5, lease_s=0.3)[0].id == 2
+    with sessions.begin() as s:
+        assert complete(s, Job, 2)
+        assert claim(s, Job, limit=5, lease_s=0.3) == []
+    time.sleep(0.5)  # leases of jobs 1 and 3 expire: crash recovery
+    with sessions.begin() as s:
+        again = claim(s, Job, limit=5, lease_s=0.3)
+    assert sorted((c.id, c.attempts) for c in again) == [(1, 2), (3, 2)]
+    with sessions.begin() as s:
+        assert retry_later(s, Job, 1, "boom", delay_s=0) == "dead"
+    time.sleep(0.5)
+    with sessions.begin() as s:
+        assert claim(s, Job, limit=5, lease_s=0.3) == []  # job 3 expired on its last attempt
+        states = dict(s.execute(select(Job.id, Job.state)).all())
+    assert states == {1: "dead", 2: "done", 3: "dead"}
+    with sessions.begin() as s:
+        assert requeue(s, Job, [3]) == 1
+        assert [c.id for c in claim(s, Job, limit=5, lease_s=5)] == [3]
