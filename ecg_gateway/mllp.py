@@ -163,8 +163,10 @@ class MllpDecoder:
         return marker
 
 
-Handler = Callable[[bytes, str], Awaitable[bytes | None]]
-TooLargeHandler = Callable[[FrameTooLarge, str], Awaitable[bytes | None]]
+#: A handler answers with one ACK payload, several (sent in order, each framed) or None.
+Reply = bytes | list[bytes] | None
+Handler = Callable[[bytes, str], Awaitable[Reply]]
+TooLargeHandler = Callable[[FrameTooLarge, str], Awaitable[Reply]]
 
 
 class _Limits:
@@ -182,7 +184,7 @@ async def serve_mllp(
     message_timeout_s: float = 30.0, idle_timeout_s: float = 300.0, max_connections: int = 64,
     ssl_context: ssl.SSLContext | None = None, too_large_handler: TooLargeHandler | None = None,
 ) -> asyncio.Server:
-    """Start an MLLP listener; ``handler(payload, "ip:port")`` returns the ACK payload or None.
+    """Start an MLLP listener; ``handler(payload, "ip:port")`` returns the ACK payload(s) or None.
 
     Messages on one connection are handled one at a time, so ACKs go out in order. A frame
     not finished within ``message_timeout_s`` of its ``<VT>`` closes the connection without
@@ -250,8 +252,9 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the listener
                     log.error("mllp_handler_failed", peer=peer, error=type(exc).__name__)
                     return
-            if ack is not None:
-                writer.write(frame(ack))
+            if ack:
+                replies = [ack] if isinstance(ack, bytes) else ack
+                writer.write(b"".join(frame(reply) for reply in replies))
                 await writer.drain()
         if items:
             idle_since = loop.time()
