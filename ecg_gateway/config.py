@@ -160,3 +160,21 @@ def _reject_unknown_env_keys() -> None:
         section = sections.get(parts[0])
         if section is None or len(parts) != 2 or parts[1] not in section.annotation.model_fields:  # type: ignore[union-attr]
             raise ConfigError(f"invalid config key {name}: unknown setting")
+
+
+def example_yaml() -> str:
+    """config.example.yaml, generated from the models so the reference never drifts."""
+    lines = ["# ecg-gateway configuration: every key with its default.",
+             "# Override any key with ECG_GATEWAY__<SECTION>__<KEY> (e.g. ECG_GATEWAY__DICOM__PORT=0).",
+             "# Unknown keys are rejected; `ecg-gateway check-config --config FILE` validates a file.", ""]
+    defaults = Config().model_dump(mode="json")
+    for section, info in Config.model_fields.items():
+        lines.append(f"{section}:")
+        model = info.annotation
+        for key, field_info in model.model_fields.items():  # type: ignore[union-attr]
+            if field_info.description:
+                lines.append(f"  # {field_info.description}")
+            value = yaml.safe_dump({key: defaults[section][key]}, default_flow_style=True, width=200)
+            lines.append("  " + value.strip()[1:-1])
+        lines.append("")
+    return "\n".join(lines)

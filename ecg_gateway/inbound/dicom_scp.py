@@ -1,0 +1,143 @@
+"""DICOM Storage SCP for ECG waveforms (pynetdicom), plus Verification.
+
+The C-STORE handler runs in pynetdicom's association thread: it decodes and validates the
+dataset, commits raw bytes + triage job, and only then returns 0x0000. It never raises into
+pynetdicom (an exception there would become 0xC211) and never runs inference.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ecg_gateway.config import DicomConfig
+from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
+from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
+from ecg_gateway.store.ingest import InboundMessage, Ingestor
+
+log = structlog.get_logger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+
+# Deflated Explicit VR LE is deliberately not offered (decompression bombs; reliability.md §0.2).
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def accepted_sop_classes(config: DicomConfig) -> tuple[str, ...]:
+    return ECG_SOP_CLASSES + ((HEMODYNAMIC,) if config.accept_hemodynamic else ())
+
+
+def build_ae(config: DicomConfig) -> AE:
+    """An AE that registers only Verification and the ECG storage classes.
+
+    pynetdicom copies its supported-context list for every association, so registering
+    all storage classes costs CPU on every cart connection (design.md).
+    """
+    ae = AE(ae_title=config.ae_title)
+    ae.add_supported_context(Verification)
+    for uid in accepted_sop_classes(config):
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu_bytes
+    ae.acse_timeout = config.acse_timeout_s
+    ae.dimse_timeout = config.dimse_timeout_s
+    ae.network_timeout = config.network_timeout_s
+    ae.require_calling_aet = list(config.allowed_calling_ae_titles)
+    return ae
+
+
+class StoreHandler:
+    """Handles EVT_C_STORE and EVT_C_ECHO for the SCP."""
+
+    def __init__(self, ingestor: Ingestor, config: DicomConfig) -> None:
+        self._ingestor = ingestor
+        self._config = config
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)]
+
+    def on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: evt.Event) -> Dataset | int:
+        peer = _peer(event)
+        try:
+            return self._store(event, peer)
+        except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
+            log.exception("c_store_internal_error", peer=peer)
+            return _status(PROCESSING_FAILURE, "internal error")
+
+    def _store(self, event: evt.Event, peer: str) -> Dataset | int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            sop_class = str(ds.SOPClassUID)
+            sop_instance = str(ds.SOPInstanceUID)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+            log.warning("c_store_rejected", peer=peer, status=hex(CANNOT_UNDERSTAND), reason=type(exc).__name__)
+            return _status(CANNOT_UNDERSTAND, "dataset cannot be decoded")
+        if sop_class != str(event.request.AffectedSOPClassUID) or sop_instance != str(
+            event.request.AffectedSOPInstanceUID
+        ):
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, "UIDs differ from the request", None)
+        try:
+            ecg = decode_dataset(ds, accept_hemodynamic=self._config.accept_hemodynamic)
+        except InvalidEcgError as exc:
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field)
+        except (UndecodableError, GatewayError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None)
+        message = InboundMessage(
+            source="dicom", idempotency_key=f"dicom:{ecg.uid}", raw=part10_bytes(event),
+            content_type="application/dicom", peer=peer, ecg_uid=ecg.uid,
+            identifiers=ecg.demographics.as_dict(),
+        )
+        try:
+            self._ingestor.accept(message)
+        except StoreUnavailableError:
+            return self._reject(peer, OUT_OF_RESOURCES, "storage unavailable", None)
+        return SUCCESS
+
+    def _reject(self, peer: str, status: int, reason: str, field: str | None) -> Dataset:
+        log.warning("c_store_rejected", peer=peer, status=hex(status), reason=reason, field=field)
+        return _status(status, reason)
+
+
+def part10_bytes(event: evt.Event) -> bytes:
+    """The received dataset as a DICOM file, byte for byte, without decode/re-encode."""
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, event.file_meta, enforce_standard=True)
+    buffer.write(event.request.DataSet.getvalue())
+    return buffer.getvalue()
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO; never contains PHI (messages name elements only)
+    return status
+
+
+def _peer(event: evt.Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+
+
+def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
+    """Bind and start the SCP in its own threads; ``server.server_address`` has the port."""
+    ae = build_ae(config)
+    handler = StoreHandler(ingestor, config)
+    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handler.handlers())
+    return server
