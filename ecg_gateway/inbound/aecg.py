@@ -109,8 +109,9 @@ def _lead_values(seq: Element, code: str) -> np.ndarray:
     scale, scale_mv = _pq(value.find(NS + "scale"), field + "/scale", default=None)
     digits_el = value.find(NS + "digits")
     text = (digits_el.text or "") if digits_el is not None else ""
+    tokens = text.split()
     try:
-        digits = np.array(text.split(), dtype=np.float64)
+        digits = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     except ValueError as exc:
         raise InvalidEcgError("lead digits are not numbers", field=field + "/digits") from exc
     if digits.size == 0 or digits.size > MAX_SAMPLES:
