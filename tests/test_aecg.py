@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import decode_aecg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hl7_builders import (
+from tests.hl7_builders import (
     cinc_record,
     ed_oru,
     msh,
@@ -14,7 +14,7 @@ from hl7_builders import (
     waveform_segments,
 )
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from ecg_gateway.ecg import Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.inbound.aecg import decode_aecg

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.decode import MUSE, decode_message, sniff_content_type

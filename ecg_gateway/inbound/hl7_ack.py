@@ -48,8 +48,9 @@ def _version_key(version: str) -> tuple[int, ...]:
 def _escape(text: str, enc: Encoding) -> str:
     out = text.replace(enc.escape, f"{enc.escape}E{enc.escape}")
     for char, code in ((enc.field, "F"), (enc.component, "S"), (enc.subcomponent, "T"),
-                       (enc.repetition, "R")):
-        out = out.replace(char, f"{enc.escape}{code}{enc.escape}")
+                       (enc.repetition, "R"), (enc.truncation, "P")):
+        if char:
+            out = out.replace(char, f"{enc.escape}{code}{enc.escape}")
     return "".join(c if c.isprintable() else " " for c in out)
 
 

@@ -65,10 +65,11 @@ class Encoding:
     repetition: str = "~"
     escape: str = "\\"
     subcomponent: str = "&"
+    truncation: str = ""  # v2.7+ senders add a fifth character (usually #)
 
     @property
     def msh2(self) -> str:
-        return self.component + self.repetition + self.escape + self.subcomponent
+        return self.component + self.repetition + self.escape + self.subcomponent + self.truncation
 
 
 _CHARSETS = {
@@ -140,7 +141,7 @@ def parse_header(raw: bytes) -> MessageHeader:
     if (len(chars) not in (4, 5) or len(set(chars)) != len(chars) or sep in chars
             or any(c.isalnum() or c.isspace() for c in chars)):
         raise Hl7HeaderError("invalid encoding characters", 102, ErrLocation("MSH", 1, 2))
-    enc = Encoding(sep, chars[0], chars[1], chars[2], chars[3])
+    enc = Encoding(sep, chars[0], chars[1], chars[2], chars[3], chars[4:])
 
     def msh(n: int) -> str:  # MSH-n lives at parts[n - 1]
         return parts[n - 1] if n - 1 < len(parts) else ""
@@ -200,7 +201,7 @@ def unescape(value: str, enc: Encoding) -> str:
         e = re.escape(enc.escape)
         pattern = _ESCAPES[enc] = re.compile(f"{e}([^{e}]*){e}")
     singles = {"F": enc.field, "S": enc.component, "T": enc.subcomponent, "R": enc.repetition,
-               "E": enc.escape}
+               "E": enc.escape, "P": enc.truncation}
 
     def replace(match: re.Match[str]) -> str:
         body = match.group(1)
