@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.hl7_builders import (
     cinc_record,
     ed_oru,
@@ -104,6 +106,21 @@ def test_parse_numbers_accepts_nm_and_rejects_everything_else() -> None:
                 "1" * 400, "１"]:
         with pytest.raises(ValueError):
             parse_numbers(bad, "^")
+
+
+nm_tokens = st.one_of(
+    st.integers(-10**15 + 1, 10**15 - 1).map(str),
+    st.integers(0, 10**6).map(lambda i: f"+{i}"),
+    st.floats(-1e6, 1e6, allow_nan=False).map(lambda f: f"{f:.4f}"),
+)
+
+
+@given(st.lists(nm_tokens, min_size=1, max_size=50), st.sampled_from(["^", "^~"]))
+def test_parse_numbers_equals_float_of_each_token(tokens: list[str], seps: str) -> None:
+    text = "".join(t + (seps[-1] if i % 3 == 2 else seps[0]) for i, t in enumerate(tokens))[:-1]
+    values, kinds = parse_numbers(text, seps)
+    assert values.tolist() == [float(t) for t in tokens]
+    assert kinds.size == len(tokens) - 1
 
 
 # --- native waveform (a) -------------------------------------------------------------------

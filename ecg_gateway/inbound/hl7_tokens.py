@@ -233,36 +233,67 @@ def component(value: str, enc: Encoding, index: int, sub: int | None = None) -> 
 
 _NM_CHARS = np.zeros(256, dtype=bool)
 _NM_CHARS[np.frombuffer(b"0123456789+-.", dtype=np.uint8)] = True
+_POW10 = 10.0 ** np.arange(16)
+_ZERO, _PLUS, _MINUS, _DOT = 48, 43, 45, 46
 
 
 def parse_numbers(text: str, seps: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse NM values separated by any char in ``seps`` (HL7 NM: sign, digits, point).
 
-    A numpy pass rejects every character outside the NM alphabet (so no exponent, NaN, inf,
-    blank or underscore can reach ``float``); ``float`` (C-level, via ``map``) then rejects
-    malformed tokens such as ``1.2.3``, ``+-1`` or empty ones. Returns the values and, for
-    every separator in order, the index into ``seps`` of that separator (so callers can check
-    the repetition structure of an MA array). Raises ValueError.
+    Returns the values (float64) and, for every separator in order, the index into ``seps``
+    of that separator (so callers can check the repetition structure of an MA array).
+    Raises ValueError for anything that is not HL7 NM: exponents, NaN, inf, blanks, empty
+    values, misplaced signs. Integer arrays (what carts send) take a vectorised path.
     """
     try:
         data = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     except UnicodeEncodeError as exc:
         raise ValueError("non-ASCII characters in a numeric array") from exc
     allowed = _NM_CHARS.copy()
+    is_sep = np.zeros(data.size, dtype=bool)
     for ch in seps:
         allowed[ord(ch)] = True
+        is_sep |= data == ord(ch)
     if data.size == 0 or not allowed[data].all():
         raise ValueError("invalid character in a numeric array")
-    kinds = np.empty(0, dtype=np.int8)
-    if len(seps) > 1:
-        is_sep = np.zeros(data.size, dtype=np.int8) - 1
-        for k, ch in enumerate(seps):
-            is_sep[data == ord(ch)] = k
-        kinds = is_sep[is_sep >= 0]
+    sep_idx = np.flatnonzero(is_sep)
+    kinds = np.zeros(sep_idx.size, dtype=np.int8)
+    for k, ch in enumerate(seps[1:], start=1):
+        kinds[data[sep_idx] == ord(ch)] = k
+    starts = np.concatenate(([0], sep_idx + 1))
+    ends = np.concatenate((sep_idx, [data.size]))
+    lengths = ends - starts
+    if (lengths <= 0).any():
+        raise ValueError("empty value in a numeric array")
+    if lengths.max() <= 15 and not (data == _DOT).any():
+        values = _integers(data, sep_idx, starts, ends, lengths)
+    else:
         for ch in seps[1:]:
             text = text.replace(ch, seps[0])
-    tokens = text.split(seps[0])
-    values = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
+        tokens = text.split(seps[0])  # float() rejects "1.2.3", "+-1", "-", "."
+        values = np.fromiter(map(float, tokens), dtype=np.float64, count=len(tokens))
     if not np.isfinite(values).all():
         raise ValueError("number out of range")
     return values, kinds
+
+
+def _integers(data: np.ndarray, sep_idx: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+              lengths: np.ndarray) -> np.ndarray:
+    """Signed integer tokens of at most 15 digits, right-aligned into a [tokens, width] grid."""
+    first = data[starts]
+    negative = first == _MINUS
+    signed = negative | (first == _PLUS)
+    if (lengths - signed < 1).any():
+        raise ValueError("sign without digits")
+    digits = data.copy()
+    digits[starts[signed]] = _ZERO
+    digits[sep_idx] = _ZERO
+    width = int(lengths.max())
+    index = ends[:, None] + np.arange(-width, 0)
+    grid = np.where(index >= starts[:, None], digits[np.maximum(index, 0)], _ZERO)
+    grid = grid.astype(np.float64) - _ZERO
+    if ((grid < 0) | (grid > 9)).any():
+        raise ValueError("sign inside a number")
+    values = grid @ _POW10[width - 1::-1]
+    values[negative] *= -1.0
+    return values
