@@ -16,6 +16,8 @@ Also prints the in-process time to decode the 150 KB message to an Ecg (goal < 2
 
     python bench/mllp.py            # full run (~1-2 min)
     python bench/mllp.py --smoke    # a few seconds
+    python bench/mllp.py --save-messages DIR   # write the two messages (for another host)
+    python bench/mllp.py --messages DIR        # run with messages saved earlier
 """
 
 from __future__ import annotations
@@ -160,9 +162,20 @@ def decode_time_ms(message: bytes, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run (seconds)")
+    parser.add_argument("--save-messages", type=Path, help="write the test messages here and exit")
+    parser.add_argument("--messages", type=Path, help="read the test messages from here")
     args = parser.parse_args(argv)
     counts = {"3 KB": 20, "150 KB": 8} if args.smoke else {"3 KB": 600, "150 KB": 120}
-    templates = build_messages()
+    if args.messages:
+        templates = {size: (args.messages / f"{size.replace(' ', '')}.hl7").read_bytes()
+                     for size in ("3 KB", "150 KB")}
+    else:
+        templates = build_messages()
+    if args.save_messages:
+        args.save_messages.mkdir(parents=True, exist_ok=True)
+        for size, payload in templates.items():
+            (args.save_messages / f"{size.replace(' ', '')}.hl7").write_bytes(payload)
+        return 0
     ctx = mp.get_context("spawn")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

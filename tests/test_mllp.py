@@ -305,3 +305,54 @@ async def test_client_reconnects_after_server_idle_close() -> None:
         await asyncio.sleep(0.6)  # the server closed the idle connection meanwhile
         assert await client.send(b"b") == b"ACK:b"
         await client.close()
+
+
+async def test_junk_trickle_does_not_keep_a_connection_open() -> None:
+    server, port = await start(idle_timeout_s=0.4)
+    async with server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        closed = False
+        for _ in range(30):  # one junk byte every 50 ms: never a frame, never idle by bytes
+            writer.write(b"\n")
+            await writer.drain()
+            if await _eof_within(reader, 0.05):
+                closed = True
+                break
+        assert closed
+        writer.close()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+async def test_tls_server_and_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=cert)
+    server, port = await start(ssl_context=server_ctx)
+    async with server:
+        async with MllpClient("127.0.0.1", port, connect_timeout_s=5, ack_timeout_s=5,
+                              ssl_context=client_ctx) as client:
+            assert await client.send(MSG) == b"ACK:" + MSG
+        # a plaintext peer on the TLS port gets no ACK and does not block the listener
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(frame(MSG))
+        assert await asyncio.wait_for(reader.read(100), 10) == b""
+        writer.close()
+        async with MllpClient("127.0.0.1", port, connect_timeout_s=5, ack_timeout_s=5,
+                              ssl_context=client_ctx) as client:
+            assert await client.send(b"again") == b"ACK:again"

@@ -39,6 +39,7 @@ from ecg_gateway.inbound.hl7_tokens import (
     component,
     decode_text,
     parse_header,
+    parse_nm,
     parse_numbers,
     split_segments,
     unescape,
@@ -166,7 +167,7 @@ def _nm(text: str, where: ErrLocation, default: float | None) -> float:
             raise Hl7ContentError("required number missing", where, code=101)
         return default
     try:
-        return float(parse_numbers(text, "^")[0][0])
+        return parse_nm(text)
     except ValueError as exc:
         raise Hl7ContentError("not a valid number", where) from exc
 

@@ -231,6 +231,19 @@ def component(value: str, enc: Encoding, index: int, sub: int | None = None) -> 
 
 # --- numeric arrays (NM grammar: optional sign, digits, optional decimal point) ---------
 
+_NM = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")
+
+
+def parse_nm(text: str) -> float:
+    """One HL7 NM value (sign, digits, optional point); ValueError for anything else."""
+    if not _NM.fullmatch(text):
+        raise ValueError("not an HL7 NM value")
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError("number out of range")
+    return value
+
+
 _NM_CHARS = np.zeros(256, dtype=bool)
 _NM_CHARS[np.frombuffer(b"0123456789+-.", dtype=np.uint8)] = True
 _POW10 = 10.0 ** np.arange(16)
@@ -289,11 +302,12 @@ def _integers(data: np.ndarray, sep_idx: np.ndarray, starts: np.ndarray, ends: n
     digits[starts[signed]] = _ZERO
     digits[sep_idx] = _ZERO
     width = int(lengths.max())
-    index = ends[:, None] + np.arange(-width, 0)
-    grid = np.where(index >= starts[:, None], digits[np.maximum(index, 0)], _ZERO)
-    grid = grid.astype(np.float64) - _ZERO
-    if ((grid < 0) | (grid > 9)).any():
+    ends32 = ends.astype(np.int32)  # int32 index grids are twice as fast to build as int64
+    index = ends32[:, None] + np.arange(-width, 0, dtype=np.int32)
+    grid = np.where(index >= starts.astype(np.int32)[:, None], digits[np.maximum(index, 0)],
+                    np.uint8(_ZERO)) - np.uint8(_ZERO)
+    if (grid > 9).any():  # uint8 arithmetic: a sign or separator left over wraps above 9
         raise ValueError("sign inside a number")
-    values = grid @ _POW10[width - 1::-1]
+    values = grid.astype(np.float64) @ _POW10[width - 1::-1]
     values[negative] *= -1.0
     return values
