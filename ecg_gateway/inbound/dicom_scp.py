@@ -7,6 +7,8 @@ pynetdicom (an exception there would become 0xC211) and never runs inference.
 
 from __future__ import annotations
 
+import socket
+import threading
 from io import BytesIO
 from typing import Any
 
@@ -135,9 +137,25 @@ def _peer(event: evt.Event) -> str:
     return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
 
 
+class EcgAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket.
+
+    Without it, the small A-ASSOCIATE-AC / C-STORE-RSP PDUs meet Nagle + delayed ACK and a
+    cart waits ~40 ms per round trip on some stacks.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
 def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
     """Bind and start the SCP in its own threads; ``server.server_address`` has the port."""
     ae = build_ae(config)
     handler = StoreHandler(ingestor, config)
-    server = ae.start_server((config.host, config.port), block=False, evt_handlers=handler.handlers())
+    server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
+                            server_class=EcgAssociationServer)
+    ae._servers.append(server)  # so AE.shutdown() also stops it, as start_server would
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     return server
