@@ -25,6 +25,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from ecg_gateway.config import DicomConfig
 from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
 from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
+from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 
 log = structlog.get_logger(__name__)
@@ -79,10 +80,15 @@ class StoreHandler:
     def on_store(self, event: evt.Event) -> Dataset | int:
         peer = _peer(event)
         try:
-            return self._store(event, peer)
+            answer = self._store(event, peer)
         except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
             log.exception("c_store_internal_error", peer=peer)
-            return _status(PROCESSING_FAILURE, "internal error")
+            answer = _status(PROCESSING_FAILURE, "internal error")
+        code = answer if isinstance(answer, int) else int(answer.Status)
+        DICOM_STATUSES.labels(status=f"0x{code:04X}").inc()
+        if code != SUCCESS:
+            ECGS_RECEIVED.labels(source="dicom", outcome="rejected").inc()
+        return answer
 
     def _store(self, event: evt.Event, peer: str) -> Dataset | int:
         try:
