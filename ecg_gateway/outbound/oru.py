@@ -156,7 +156,7 @@ def _msh(control_id: str, cfg: OutboundConfig, now: datetime) -> str:
     return (f"MSH|^~\\&|{escape(cfg.sending_application)}|{escape(cfg.sending_facility)}"
             f"|{escape(cfg.receiving_application)}|{escape(cfg.receiving_facility)}"
             f"|{hl7_ts(now)}||ORU^R01^ORU_R01|{control_id}|{cfg.processing_id}|2.5.1"
-            "|||||||UNICODE UTF-8")
+            "||||||UNICODE UTF-8")
 
 
 def _pid(demo: Demographics) -> str:
@@ -238,3 +238,27 @@ def impression(result: ResultView) -> str:
     shown = f" (p={p:.2f})" if p is not None else ""
     label = CATEGORIES[result.category][0].upper()
     return f"AI triage {label}{shown} - preliminary, requires physician review"
+
+
+def pdf_header(result: ResultView, message: MessageView) -> str:
+    """Header lines of the rendered tracing: verdict, probabilities, patient, provenance.
+
+    The PDF is a clinical document filed with the patient, so it names the patient as a
+    paper ECG does; it is never logged.
+    """
+    display = CATEGORIES[result.category][0] if result.category in CATEGORIES else result.category
+    lines = [f"AI ECG triage: {display.upper()} - preliminary automated result, "
+             "a physician must confirm"]
+    probs = [(CATEGORIES[c.value][0].lower(), result.probability(c.value)) for c in TriageCategory]
+    shown = "   ".join(f"p({name}) = {p:.2f}" for name, p in probs if p is not None)
+    lines.append(shown or "Not classified: signal quality insufficient for automated triage")
+    demo = message.demographics
+    name = ", ".join(part for part in (demo.patient_name or "").split("^")[:2] if part)
+    patient = "   ".join(part for part in (
+        name, f"ID {demo.patient_id}" if demo.patient_id else "",
+        f"born {demo.birth_date}" if demo.birth_date else "", demo.sex or "") if part)
+    lines.append(f"Patient: {patient}" if patient else "Patient: unknown")
+    acquired = message.acquired_at or message.received_at
+    lines.append(f"Acquired {acquired:%Y-%m-%d %H:%M:%S}   ECG UID {message.ecg_uid or '-'}   "
+                 f"model {result.model_id} ({result.model_sha256[:12]})")
+    return "\n".join(lines)
