@@ -70,14 +70,16 @@ class Sender:
     def __init__(self, sessions: sessionmaker[Session], config: Config,
                  decode: Callable[[str, bytes], Ecg], *,
                  acute_render_budget_s: float = ACUTE_RENDER_BUDGET_S,
-                 rng: random.Random | None = None) -> None:
+                 lease_s: float | None = None, rng: random.Random | None = None) -> None:
         self._sessions = sessions
         self._cfg = config.outbound
         self._poll_s = config.worker.poll_interval_s
         self._decode = decode
         self._acute_budget_s = acute_render_budget_s
         self._rng = rng or random.Random()
-        self._lease_s = self._cfg.connect_timeout_s + 2 * self._cfg.ack_timeout_s + LEASE_MARGIN_S
+        # a claimed row must outlive connect + write + ACK wait, or a second sender takes it
+        self._lease_s = lease_s or (self._cfg.connect_timeout_s + 2 * self._cfg.ack_timeout_s
+                                    + LEASE_MARGIN_S)
         self._client = (MllpClient(self._cfg.host, self._cfg.port,
                                    connect_timeout_s=self._cfg.connect_timeout_s,
                                    ack_timeout_s=self._cfg.ack_timeout_s)
@@ -86,7 +88,7 @@ class Sender:
         self.stats: Counter[str] = Counter()  # delivered / send_failed / dead, for metrics
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport_failures = 0
+        self._failures = 0
 
     def nudge(self) -> None:
         """Wake the loop now (thread-safe: the worker calls it after committing a row)."""
@@ -108,10 +110,10 @@ class Sender:
                 try:
                     await self.run_once(stop)
                 except Exception as exc:  # noqa: BLE001 - e.g. database down: back off, go on
-                    self._transport_failures += 1
+                    self._failures += 1
                     log.error("outbound_loop_failed", error=type(exc).__name__)
-                if self._transport_failures:
-                    pause = backoff_s(self._transport_failures, self._cfg.backoff_initial_s,
+                if self._failures:
+                    pause = backoff_s(self._failures, self._cfg.backoff_initial_s,
                                       self._cfg.backoff_max_s, self._rng)
                 else:
                     pause = self._poll_s
@@ -164,11 +166,11 @@ class Sender:
         try:
             ack = await self._client.send(payload)
         except (MllpError, OSError) as exc:
-            self._transport_failures += 1
+            self._failures += 1
             await asyncio.to_thread(self._finish, work, AckOutcome(
                 Verdict.RETRY, "", f"{type(exc).__name__}: {exc}"))
             return False
-        self._transport_failures = 0
+        self._failures = 0
         outcome = judge_ack(ack, work.control_id)
         if outcome.reconnect:
             await self._client.close()  # the stream is out of step: start clean
