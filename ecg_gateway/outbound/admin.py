@@ -7,9 +7,9 @@ No PHI leaves here: rows are described by ids, control id, state, attempts, the 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.store.db import db_now
@@ -67,8 +67,9 @@ def retry_outbound(sessions: sessionmaker[Session], ids: list[int] | None = None
                                           Outbound.run_after > now)
             if ids is not None:
                 stmt = stmt.where(Outbound.id.in_(ids))
-            hurried = s.execute(stmt.values(run_after=now)
-                                .execution_options(synchronize_session=False)).rowcount
+            done = s.execute(stmt.values(run_after=now)
+                             .execution_options(synchronize_session=False))
+            hurried = cast(CursorResult[Any], done).rowcount
         record_event(s, "outbound_retry", actor=actor,
                      detail={"ids": ids, "dead": dead, "requeued": revived, "hurried": hurried})
     return revived + hurried

@@ -79,7 +79,8 @@ class ResultView:
                    quality=dict(row.quality or {}))
 
     def probability(self, category: str) -> float | None:
-        return getattr(self, f"p_{category}", None)  # type: ignore[no-any-return]
+        value: float | None = getattr(self, f"p_{category}", None)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +248,8 @@ def pdf_header(result: ResultView, message: MessageView) -> str:
     paper ECG does; it is never logged.
     """
     display = CATEGORIES[result.category][0] if result.category in CATEGORIES else result.category
-    lines = [f"AI ECG triage: {display.upper()} - preliminary automated result, "
-             "a physician must confirm"]
+    verdict = f"AI ECG triage: {display.upper()} - preliminary automated result"
+    lines = [f"{verdict}, a physician must confirm"]
     probs = [(CATEGORIES[c.value][0].lower(), result.probability(c.value)) for c in TriageCategory]
     shown = "   ".join(f"p({name}) = {p:.2f}" for name, p in probs if p is not None)
     lines.append(shown or "Not classified: signal quality insufficient for automated triage")

@@ -106,7 +106,7 @@ def _lead_signals(ecg: Ecg) -> dict[str, np.ndarray]:
 
 def _draw_leads(ax: Axes, ecg: Ecg) -> None:
     leads = _lead_signals(ecg)
-    per_column = int(round(COLUMN_S * ecg.fs))
+    per_column = round(COLUMN_S * ecg.fs)
     traces, labels = [], []
     for row, names in enumerate(LAYOUT):
         base = GRID_Y_MM[1] - (row + 0.5) * ROW_MM
@@ -123,7 +123,7 @@ def _draw_leads(ax: Axes, ecg: Ecg) -> None:
     traces.append(_calibration(base))
     strip = RHYTHM_LEAD if RHYTHM_LEAD in leads else next(iter(leads), None)
     if strip is not None:
-        traces.append(_trace(leads[strip][: int(round(STRIP_S * ecg.fs))], ecg.fs, 0, base))
+        traces.append(_trace(leads[strip][: round(STRIP_S * ecg.fs)], ecg.fs, 0, base))
         labels.append((1.0, base + 8.0, strip))
     ax.plot(*_polyline(traces), color="black", linewidth=0.5, zorder=2)
     for x, y, text in labels:

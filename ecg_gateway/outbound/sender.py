@@ -22,17 +22,24 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.config import Config
 from ecg_gateway.ecg import Ecg
 from ecg_gateway.mllp import MllpClient, MllpError
 from ecg_gateway.outbound.ack import AckOutcome, Verdict, judge_ack
-from ecg_gateway.outbound.oru import ComposeError, MessageView, ResultView, compose_oru, \
-    is_stat, pdf_header
+from ecg_gateway.outbound.oru import (
+    ComposeError,
+    MessageView,
+    ResultView,
+    compose_oru,
+    is_stat,
+    pdf_header,
+)
 from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Message, Outbound, OutboundState, Result
 from ecg_gateway.store.queue import claim, complete, dead_letter, record_event, retry_later
@@ -46,7 +53,7 @@ LEASE_MARGIN_S = 60.0
 
 
 def backoff_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    return min(max_s, initial_s * 2 ** max(attempt - 1, 0)) * rng.uniform(0.5, 1.0)
+    return min(max_s, initial_s * 2.0 ** max(attempt - 1, 0)) * rng.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,12 +235,12 @@ class Sender:
     def _store_payload(self, work: _Work, payload: bytes) -> bytes:
         """Keep the first composed bytes for good (a concurrent composer's win is kept)."""
         with self._sessions.begin() as s:
-            stored = s.execute(update(Outbound).where(Outbound.id == work.id,
-                                                      Outbound.payload.is_(None))
-                               .values(payload=payload)
-                               .execution_options(synchronize_session=False))
+            stored = cast(CursorResult[Any], s.execute(
+                update(Outbound).where(Outbound.id == work.id, Outbound.payload.is_(None))
+                .values(payload=payload).execution_options(synchronize_session=False)))
             if stored.rowcount == 0:
-                payload = s.scalar(select(Outbound.payload).where(Outbound.id == work.id))
+                payload = s.scalar(select(Outbound.payload).where(Outbound.id == work.id)) \
+                    or payload
             self._record_sent(s, work, len(payload))
         return payload
 
