@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -160,12 +161,15 @@ def test_flags_and_priority_per_category(category: str, flag: str, priority: str
 
 
 def test_uninterpretable_has_own_code_and_no_probabilities(tmp_path: Path) -> None:
-    er7 = compose(result("uninterpretable", (None, None, None, None)))
+    res = replace(result("uninterpretable", (None, None, None, None)),
+                  quality={"ok": False, "reasons": ["lead_off:V1,V2", "noise:II"], "metrics": {}})
+    er7 = compose(res)
     assert hl7apy_validate(er7, tmp_path) == []
     obx = segments(er7)["OBX"]
     assert len(obx) == 2
     assert obx[0][5].startswith("uninterpretable^Uninterpretable") and field(obx[0], 8) == ""
     assert "UNINTERPRETABLE" in obx[1][5] and "physician" in obx[1][5]
+    assert "lead_off:V1,V2; noise:II" in obx[1][5]
 
 
 def test_minimal_demographics_still_validate(tmp_path: Path) -> None:
@@ -190,7 +194,9 @@ HOSTILE = st.text(alphabet=st.sampled_from(list("|^~\\&\r\n\x0b\x1c") + list("AZ
 def test_copied_fields_round_trip_through_escaping(patient_id: str, family: str, given_name: str,
                                                    placer: str, filler: str, accession: str,
                                                    location: str) -> None:
+    # in a name and a location "^" separates components; in every other field it is data
     family, given_name = family.replace("^", "_"), given_name.replace("^", "_")
+    location = location.replace("^", "_")
     msg = message(patient_id=patient_id, patient_name=f"{family}^{given_name}", placer_order=placer,
                   filler_order=filler, accession=accession, location=location)
     er7 = compose(msg=msg)
@@ -201,6 +207,12 @@ def test_copied_fields_round_trip_through_escaping(patient_id: str, family: str,
     assert parsed["PID.F5.R1.C1"] == family and parsed["PID.F5.R1.C2"] == given_name
     assert parsed["ORC.F2"] == placer and parsed["OBR.F3"] == filler
     assert parsed["OBR.F18"] == accession and parsed["PV1.F3"] == location
+
+
+def test_location_components_are_kept() -> None:
+    parsed = hl7.parse(compose(msg=message(location="ED^12^B&2^HOSP")))
+    assert parsed["PV1.F3.R1.C1"] == "ED" and parsed["PV1.F3.R1.C3"] == "B&2"
+    assert parsed["PV1.F3.R1.C4"] == "HOSP"
 
 
 def test_pid_with_every_delimiter_round_trips_in_hl7apy(tmp_path: Path) -> None:

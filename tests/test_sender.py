@@ -363,6 +363,26 @@ async def test_result_without_patient_id_is_dead_with_reason(sessions: Sessions)
     assert ehr.received == []
 
 
+async def test_nudge_wakes_the_idle_sender(sessions: Sessions) -> None:
+    ehr = await FakeEhr().start()
+    cfg = config(ehr.port).model_copy(update={"worker": Config().worker.model_copy(
+        update={"poll_interval_s": 60.0})})
+    sender = Sender(sessions, cfg, decode_dicom)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    try:
+        await asyncio.sleep(0.2)  # idle now, for a 60 s poll interval
+        row = await asyncio.to_thread(add_outbound, sessions)
+        sender.nudge()
+        async with asyncio.timeout(5):
+            while states(sessions)[row][0] != "delivered":
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5.0)
+        await ehr.stop()
+
+
 async def test_no_destination_keeps_results_and_sends_nothing(sessions: Sessions) -> None:
     row = add_outbound(sessions)
     sender = Sender(sessions, config(None), decode_dicom)

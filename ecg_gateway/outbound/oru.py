@@ -3,11 +3,11 @@
 hl7apy needs tens of milliseconds to build or parse a message, too slow for the acute
 path, so the message is written here as ER7 text with every copied value escaped
 (``| ^ ~ \\ &`` and control characters); tests parse and validate the output with hl7apy
-and unescape it with python-hl7. Layout (see docs/interfaces.md)::
+and unescape it with python-hl7. Segment layout (the interface spec)::
 
     MSH  ORU^R01^ORU_R01, MSH-10 = the outbound row's control id, MSH-18 UNICODE UTF-8
     PID  PID-3 patient id, PID-5 name, PID-7 birth date, PID-8 sex (copied from the inbound ECG)
-    PV1  only when a location is known (PV1-2 U, PV1-3 location)
+    PV1  only when a location is known (PV1-2 U, PV1-3 location components)
     ORC  RE, placer, filler, CM
     OBR  11524-6^EKG study^LN, OBR-7 acquisition, OBR-18 accession, OBR-22 now, EC, P, OBR-27 priority
     TQ1  TQ1-9 S (acute) or R
@@ -87,8 +87,9 @@ class ResultView:
 class MessageView:
     """What the composer needs from a ``messages`` row (plus the decoded acquisition time).
 
-    ``demographics.patient_name`` is in HL7 XPN component order (family^given^middle^
-    suffix^prefix); :meth:`from_row` converts a DICOM PN (…^prefix^suffix).
+    ``patient_name`` and ``location`` are '^'-joined unescaped components; the name is in
+    HL7 XPN order (family^given^middle^suffix^prefix): :meth:`from_row` converts a DICOM
+    PN (…^prefix^suffix). Every other identifier is one value.
     """
 
     demographics: Demographics
@@ -125,6 +126,12 @@ def escape(value: str | None) -> str:
     return value.translate(_TABLE) if value else ""
 
 
+def escape_composite(value: str) -> str:
+    """A '^'-joined composite (patient name, PV1-3 location: the convention both inbound
+    decoders use) keeps its components; everything else in it is escaped as data."""
+    return "^".join(escape(part) for part in value.split("^"))
+
+
 def hl7_ts(value: datetime | None) -> str:
     """DTM: local wall clock as given, with the offset when the time is zone-aware."""
     if value is None:
@@ -147,7 +154,7 @@ def compose_oru(result: ResultView, message: MessageView, control_id: str,
     demo = message.demographics
     segments = [_msh(control_id, config, now), _pid(demo)]
     if demo.location:
-        segments.append(_segment("PV1", "1", "U", escape(demo.location)))
+        segments.append(_segment("PV1", "1", "U", escape_composite(demo.location)))
     segments += _order(demo, observed, result.category, now)
     segments += _observations(result, message, observed, pdf)
     return ("\r".join(segments) + "\r").encode("utf-8")
@@ -164,8 +171,7 @@ def _pid(demo: Demographics) -> str:
     if not demo.patient_id:
         raise ComposeError("no patient identifier: the EHR cannot file the result (PID-3)")
     # XPN-7 "U" (unspecified name type) keeps the required PID-5 honest when no name is known
-    name = "^".join(escape(part) for part in demo.patient_name.split("^")) \
-        if demo.patient_name else "^^^^^^U"
+    name = escape_composite(demo.patient_name) if demo.patient_name else "^^^^^^U"
     birth = demo.birth_date if demo.birth_date and _HL7_DATE.fullmatch(demo.birth_date) else ""
     sex = (demo.sex or "")[:1].upper()
     sex = sex if not sex or sex in _SEXES else "U"
@@ -233,12 +239,23 @@ def _observations(result: ResultView, message: MessageView, observed: str,
 def impression(result: ResultView) -> str:
     """One line a clinician reads first; states that the result is automated."""
     if result.category == UNINTERPRETABLE:
-        return ("ECG UNINTERPRETABLE for automated triage (insufficient signal quality) - "
+        reasons = quality_reasons(result)
+        why = f": {reasons}" if reasons else ""
+        return (f"ECG UNINTERPRETABLE for automated triage (insufficient signal quality{why}) - "
                 "requires physician review")
     p = result.probability(result.category)
     shown = f" (p={p:.2f})" if p is not None else ""
     label = CATEGORIES[result.category][0].upper()
     return f"AI triage {label}{shown} - preliminary, requires physician review"
+
+
+def quality_reasons(result: ResultView, limit: int = 6) -> str:
+    """The quality gate's reason codes (e.g. ``lead_off:V1,V2``), as the triage wrote them."""
+    reasons = result.quality.get("reasons")
+    if not isinstance(reasons, list):
+        return ""
+    codes = [str(r) for r in reasons if isinstance(r, str) and r][:limit]
+    return "; ".join(codes)
 
 
 def pdf_header(result: ResultView, message: MessageView) -> str:
@@ -252,7 +269,9 @@ def pdf_header(result: ResultView, message: MessageView) -> str:
     lines = [f"{verdict}, a physician must confirm"]
     probs = [(CATEGORIES[c.value][0].lower(), result.probability(c.value)) for c in TriageCategory]
     shown = "   ".join(f"p({name}) = {p:.2f}" for name, p in probs if p is not None)
-    lines.append(shown or "Not classified: signal quality insufficient for automated triage")
+    reasons = quality_reasons(result)
+    lines.append(shown or "Not classified: signal quality insufficient for automated triage"
+                 + (f" ({reasons})" if reasons else ""))
     demo = message.demographics
     name = ", ".join(part for part in (demo.patient_name or "").split("^")[:2] if part)
     patient = "   ".join(part for part in (

@@ -95,7 +95,7 @@ class Sender:
         self.stats: Counter[str] = Counter()  # delivered / send_failed / dead, for metrics
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._failures = 0
+        self._failures = 0  # consecutive transport failures (no ACK at all)
 
     def nudge(self) -> None:
         """Wake the loop now (thread-safe: the worker calls it after committing a row)."""
@@ -112,19 +112,20 @@ class Sender:
         log.info("outbound_sender_started", destination=self.destination)
         if self._cfg.attach_pdf:
             await asyncio.to_thread(_warm_up_renderer)
+        db_failures = 0
         try:
             while not stop.is_set():
+                self._wake.clear()  # before claiming: a nudge from now on is not lost
                 try:
                     await self.run_once(stop)
+                    db_failures = 0
                 except Exception as exc:  # noqa: BLE001 - e.g. database down: back off, go on
-                    self._failures += 1
+                    db_failures += 1
                     log.error("outbound_loop_failed", error=type(exc).__name__)
-                if self._failures:
-                    pause = backoff_s(self._failures, self._cfg.backoff_initial_s,
-                                      self._cfg.backoff_max_s, self._rng)
-                else:
-                    pause = self._poll_s
-                await self._sleep(stop, pause)
+                failures = max(db_failures, self._failures)
+                pause = backoff_s(failures, self._cfg.backoff_initial_s, self._cfg.backoff_max_s,
+                                  self._rng) if failures else self._poll_s
+                await self._sleep(stop, pause)  # a nudge (new result) ends any pause
         finally:
             await self._client.close()
             log.info("outbound_sender_stopped")
@@ -145,7 +146,6 @@ class Sender:
         return attempts
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        self._wake.clear()
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
