@@ -16,6 +16,8 @@ from datetime import datetime
 import pydicom
 import pytest
 import structlog.testing
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 from pydicom.data import get_testdata_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -316,6 +318,8 @@ async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Ses
     assert obr[7] == "20130125105919"  # acquisition time from the decoded DICOM
     assert "ZZCANARY^JANE" in segments[1]  # PID copied from the inbound identifiers
     assert_identical_resends(ehr, sessions, row)
+    parsed = parse_message(oru.decode(), validation_level=VALIDATION_LEVEL.TOLERANT)
+    assert parsed.validate()  # raises on the first error
 
 
 async def test_render_over_budget_sends_acute_without_pdf(sessions: Sessions) -> None:

@@ -44,7 +44,9 @@ def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
     code = _field(msa, 1).upper()
     echoed = _field(msa, 2)
     err = fields.get("ERR")
-    detail = f" (ERR-3 {_field(err, 3).split('^', 1)[0][:20]})" if err and _field(err, 3) else ""
+    component = fields["MSH"][0][:1] or "^"  # MSH-2 starts with the component separator
+    code_357 = _field(err, 3).split(component, 1)[0][:20]
+    detail = f" (ERR-3 {code_357})" if code_357 else ""
     if echoed != control_id:  # not about our message, whatever it says
         return AckOutcome(Verdict.RETRY, code, f"{code or 'ACK'} for another message "
                           f"(MSA-2 {echoed[:20]!r} != {control_id})", reconnect=True)
@@ -58,13 +60,14 @@ def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
 
 
 def _segments(payload: bytes) -> dict[str, list[str]]:
-    """First MSH, MSA and ERR segments split into fields (index = HL7 field number)."""
+    """First MSA and ERR segments split into fields (index = HL7 field number); "MSH" maps
+    to ``[MSH-2]`` (the encoding characters)."""
     text = payload.decode("utf-8", errors="replace").replace("\n", "\r")
     lines = [line.strip() for line in text.split("\r") if line.strip()]
-    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 4:
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         return {}
     sep = lines[0][3]
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[str]] = {"MSH": [lines[0][4:].split(sep, 1)[0]]}
     for line in lines[1:]:
         name = line[:3]
         if name in ("MSA", "ERR") and name not in found:
