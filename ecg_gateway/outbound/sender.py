@@ -46,8 +46,9 @@ from ecg_gateway.store.queue import claim, complete, dead_letter, record_event, 
 
 log = structlog.get_logger(__name__)
 
-#: Longest an acute ORU waits for its PDF; past it the ORU goes without (issue #5: <= 200 ms).
-ACUTE_RENDER_BUDGET_S = 0.2
+#: Longest an acute ORU waits for its PDF; past it the ORU goes without. Issue #5 allows the
+#: PDF 200 ms of delay in all; encoding and storing the ~120 KB larger payload take ~30 ms.
+ACUTE_RENDER_BUDGET_S = 0.15
 OTHER_RENDER_BUDGET_S = 10.0
 LEASE_MARGIN_S = 60.0
 
