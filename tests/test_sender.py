@@ -49,7 +49,7 @@ def decode_dicom(content_type: str, raw: bytes) -> Ecg:
 
 def config(port: int | None, **outbound: object) -> Config:
     out = {"host": "127.0.0.1" if port else None, "port": port or 2576, "connect_timeout_s": 0.5,
-           "ack_timeout_s": 0.3, "max_attempts": 4, "backoff_initial_s": 0.01,
+           "ack_timeout_s": 0.5, "max_attempts": 4, "backoff_initial_s": 0.01,
            "backoff_max_s": 0.05, "attach_pdf": False, **outbound}
     return Config(outbound=out, worker={"poll_interval_s": 0.02})
 
@@ -138,7 +138,7 @@ class FakeEhr:
         if step == "close":
             return False
         if step == "slow":
-            await asyncio.sleep(0.6)  # the sender gave up after 0.3 s and hung up
+            await asyncio.sleep(1.0)  # the sender gave up after 0.5 s and hung up
         if step == "split":
             data = frame(ack("AA", control))
             for part in (data[:5], data[5:40], data[40:]):
@@ -272,9 +272,10 @@ async def test_ehr_down_then_up_delivers_the_stored_message(sessions: Sessions) 
     finally:
         await ehr.stop()
     state, n, _ = states(sessions)[row]
-    assert state == "delivered" and n >= 3 and len(ehr.received) == 1
+    # n counts claims: the EHR may come back while attempt 2 is connecting, so n >= 2
+    assert state == "delivered" and n >= 2 and len(ehr.received) == 1
     kinds = events(sessions, row)
-    assert kinds[-2:] == ["sent", "delivered"] and kinds.count("send_failed") == n - 1
+    assert kinds[-2:] == ["sent", "delivered"] and kinds.count("send_failed") == n - 1 >= 1
 
 
 async def test_ehr_down_for_good_ends_dead(sessions: Sessions) -> None:
