@@ -71,6 +71,8 @@ class Gateway:
         self._dicom_server: Any = None
         self._hl7_server: Any = None
         self._signals = 0
+        self._ops_server: Any = None
+        self._health_sources: dict[str, Any] = {}
 
     def wants(self, part: str) -> bool:
         return self.role == "all" or self.role == part
@@ -91,6 +93,38 @@ class Gateway:
     async def _start(self) -> None:
         if self.wants("ingest") and self.config.dicom.enabled:
             self._start_dicom()
+        if self.config.http.enabled:
+            self._start_ops()
+
+    def _start_ops(self) -> None:
+        from ecg_gateway.metrics import REGISTRY
+        from ecg_gateway.ops import QueueCollector, ops_app, start_ops_server
+
+        REGISTRY.register(QueueCollector(self.sessions))
+        try:
+            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port, ops_app(self.health))
+        except OSError as exc:
+            raise StartupError(f"cannot bind HTTP port {self.config.http.port}: {exc.strerror}",
+                               EX_UNAVAILABLE) from exc
+        self.bound["http"] = self._ops_server.server_address[1]
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Readiness checks, each named, for /readyz and `status`."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            ping(self.engine)
+            checks["database"] = {"ok": True}
+            checks["migrations"] = {"ok": at_head(self.engine)}
+        except SQLAlchemyError as exc:
+            checks["database"] = {"ok": False, "error": type(exc).__name__}
+            checks["migrations"] = {"ok": False, "error": "database unreachable"}
+        listeners = {"dicom": self._dicom_server is not None, "hl7": self._hl7_server is not None}
+        expected = {"dicom": self.wants("ingest") and self.config.dicom.enabled,
+                    "hl7": self.wants("ingest") and self.config.hl7.enabled}
+        checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
+        for name, component in self._health_sources.items():
+            checks.update(component())
+        return checks
 
     def _start_dicom(self) -> None:
         from ecg_gateway.inbound.dicom_scp import accepted_sop_classes, start_dicom_server
@@ -133,6 +167,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ops_server is not None:
+            self._ops_server.shutdown()
         if hasattr(self, "engine"):
             self.engine.dispose()
         log.info("gateway_stopped")

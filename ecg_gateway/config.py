@@ -40,7 +40,13 @@ class DicomConfig(Section):
     acse_timeout_s: float = Field(10.0, gt=0)
     dimse_timeout_s: float = Field(30.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
-    max_pdu_bytes: int = Field(0, ge=0, description="0 = unlimited; carts send ~1 MB datasets")
+    max_pdu_bytes: int = Field(1 << 20, ge=4096, le=64 << 20,
+                               description="largest PDU we accept; longer length claims drop the connection")
+    max_connections_per_ip: int = Field(8, ge=1, description="idle sockets must not exhaust max_associations")
+    tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS")
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")
+    tls_handshake_timeout_s: float = Field(5.0, gt=0)
 
 
 class Hl7Config(Section):
