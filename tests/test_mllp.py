@@ -322,37 +322,36 @@ async def test_junk_trickle_does_not_keep_a_connection_open() -> None:
         writer.close()
 
 
-def _self_signed(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    import shutil
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return str(cert), str(key)
-
-
-async def test_tls_server_and_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_mutual_tls_server_and_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import ssl
 
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=cert)
+    from tests.tls_certs import make_pki
+
+    pki = make_pki(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    server_ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+
+    def client_ctx(cert, key) -> ssl.SSLContext:  # type: ignore[no-untyped-def]
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
     server, port = await start(ssl_context=server_ctx)
     async with server:
+        good = client_ctx(pki.client_cert, pki.client_key)
         async with MllpClient("127.0.0.1", port, connect_timeout_s=5, ack_timeout_s=5,
-                              ssl_context=client_ctx) as client:
+                              ssl_context=good) as client:
             assert await client.send(MSG) == b"ACK:" + MSG
-        # a plaintext peer on the TLS port gets no ACK and does not block the listener
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        rogue = MllpClient("127.0.0.1", port, connect_timeout_s=5, ack_timeout_s=5,
+                           ssl_context=client_ctx(pki.rogue_cert, pki.rogue_key))
+        with pytest.raises(MllpConnectionError):  # certificate from another CA: no ACK, ever
+            await rogue.send(MSG)
+        await rogue.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # plaintext peer
         writer.write(frame(MSG))
         assert await asyncio.wait_for(reader.read(100), 10) == b""
         writer.close()
         async with MllpClient("127.0.0.1", port, connect_timeout_s=5, ack_timeout_s=5,
-                              ssl_context=client_ctx) as client:
+                              ssl_context=good) as client:  # the listener is still serving
             assert await client.send(b"again") == b"ACK:again"
