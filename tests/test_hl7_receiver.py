@@ -7,7 +7,6 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pytest
