@@ -80,7 +80,7 @@ class Gateway:
     async def run(self) -> int:
         self.engine, self.sessions = open_database(self.config)
         self.ingestor = Ingestor(self.sessions, max_attempts=self.config.worker.max_attempts,
-                                 on_commit=self.nudge.set)
+                                 on_commit=self.nudge.set, serialize=is_sqlite(self.config.database.url))
         self._install_signal_handlers()
         try:
             await self._start()
@@ -93,8 +93,20 @@ class Gateway:
     async def _start(self) -> None:
         if self.wants("ingest") and self.config.dicom.enabled:
             self._start_dicom()
+        if self.wants("ingest") and self.config.hl7.enabled:
+            await self._start_hl7()
         if self.config.http.enabled:
             self._start_ops()
+
+    async def _start_hl7(self) -> None:
+        from ecg_gateway.inbound.hl7_receiver import Hl7Receiver, start_hl7_listener
+
+        try:
+            self._hl7_server = await start_hl7_listener(Hl7Receiver(self.ingestor), self.config.hl7)
+        except OSError as exc:
+            raise StartupError(f"cannot bind HL7 port {self.config.hl7.port}: {exc.strerror}",
+                               EX_UNAVAILABLE) from exc
+        self.bound["hl7"] = self._hl7_server.sockets[0].getsockname()[1]
 
     def _start_ops(self) -> None:
         from ecg_gateway.metrics import REGISTRY

@@ -14,10 +14,8 @@ the event loop keeps serving other connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import ssl
-import threading
 from dataclasses import dataclass
 
 import structlog
@@ -58,16 +56,10 @@ class Hl7Receiver:
     """Turns one MLLP payload into zero, one or two ACK payloads (see module docstring)."""
 
     def __init__(self, ingestor: Ingestor, *, application: str = "ECG-GATEWAY",
-                 processing_ids: tuple[str, ...] = ("P", "T"), serialize_commits: bool = True) -> None:
-        """``serialize_commits``: take turns in-process before committing (pass False on
-        PostgreSQL). SQLite has one writer anyway, and a writer that finds the database
-        locked sleeps in SQLite's busy handler (1, 2, 5, 10 ... 100 ms steps): with 4
-        connections that alone pushed the ACK p99 of a 3 KB message past 250 ms."""
+                 processing_ids: tuple[str, ...] = ("P", "T")) -> None:
         self._ingestor = ingestor
         self._application = application
         self._processing_ids = processing_ids
-        self._commit_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if serialize_commits else contextlib.nullcontext())
 
     async def handle(self, payload: bytes, peer: str) -> list[bytes] | None:
         """The MLLP handler: returns the ACK payload(s) to send, in order, or None."""
@@ -115,8 +107,7 @@ class Hl7Receiver:
             content_type=CONTENT_TYPE, peer=peer, ecg_uid=header.control_id,
             identifiers=ecg.demographics.as_dict())
         try:
-            with self._commit_lock:
-                result = self._ingestor.accept(message)
+            result = self._ingestor.accept(message)
         except StoreUnavailableError:
             return self._reject("AR", header, 207, None, "storage unavailable, retry later", peer)
         except Exception as exc:  # noqa: BLE001 - never drop the connection silently
