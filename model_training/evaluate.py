@@ -76,10 +76,12 @@ def plot_roc(pred: Predictions, result: dict[str, Any], path: Path) -> None:
         if y.all() or not y.any():
             continue
         fpr, tpr = roc_points(y, pred.probs[:, k])
-        ax.plot(fpr, tpr, label=f"{name} (c={c_values[k]:.3f}, n={int(y.sum())})")
+        c_text = "n/a" if c_values[k] is None else f"{c_values[k]:.3f}"
+        ax.plot(fpr, tpr, label=f"{name} (c={c_text}, n={int(y.sum())})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"One-vs-rest ROC: {pred.name}")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -126,18 +126,19 @@ def build_card(meta: dict[str, Any], thresholds: dict[str, float], val_sens: flo
         "target_sensitivity": target, "val_acute_sensitivity": val_sens,
         "class_counts_per_fold": class_counts_per_fold(arrays), "evaluation": evaluation,
         "training": {k: meta.get(k) for k in ("training", "validation", "best_epoch")},
-        "targets": [
-            f"overall c {c:.3f}: floor 0.90 {'met' if c >= 0.90 else 'NOT met'}, "
-            f"aim 0.93 {'met' if c >= 0.93 else 'not met'}",
-            f"PDI {p:.3f}: floor 0.70 {'met' if p >= 0.70 else 'NOT met'}, "
-            f"aim 0.80 {'met' if p >= 0.80 else 'not met'}",
-            f"acute sensitivity at the shipped threshold {sens:.3f}: target 0.95 "
-            f"{'met' if sens >= 0.95 else 'NOT met'}",
-        ],
+        "targets": [_target("overall c", c, 0.90, 0.93), _target("PDI", p, 0.70, 0.80),
+                    _target("acute sensitivity at the shipped threshold", sens, 0.95, None)],
         "commands": commands,
     }
     card.update(card_texts(card, evaluation, extra))
     return card
+
+
+def _target(name: str, value: float | None, floor: float, aim: float | None) -> str:
+    if value is None:
+        return f"{name}: undefined on this set"
+    text = f"{name} {value:.3f}: floor {floor:.2f} {'met' if value >= floor else 'NOT met'}"
+    return text + (f", aim {aim:.2f} {'met' if value >= aim else 'not met'}" if aim is not None else "")
 
 
 def dump(obj: Any, path: Path) -> None:
