@@ -74,7 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       max_steps=args.max_steps, train_folds=_folds(args.train_folds),
                       val_folds=_folds(args.val_folds), widths=[int(w) for w in args.widths.split(",")],
                       blocks_per_group=args.blocks_per_group, model_id=args.model_id,
-                      num_threads=args.threads, time_limit_min=args.time_limit_min)
+                      num_threads=args.threads, time_limit_min=args.time_limit_min,
+                      schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
+    p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--train-folds", default="1-8")

@@ -60,6 +60,8 @@ class TrainConfig:
     model_id: str = "ecg-triage-ptbxl100-v1"
     num_threads: int | None = None
     time_limit_min: float | None = None  # stop (and finish cleanly) before this wall-clock budget
+    schedule: str = "plateau"  # plateau (x0.5 after 3 flat epochs) | cosine (1-epoch warm-up, per step)
+    ema: float | None = None  # decay of an exponential moving average of the weights (evaluated/kept)
 
 
 CONTRACT = InputContract(fs=100.0, length=1000, leads=INDEPENDENT_LEADS, units="mV", scale=1.0)
@@ -169,7 +171,13 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
                     widths=tuple(cfg.widths), blocks_per_group=cfg.blocks_per_group,
                     aux_head=True).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+    n = x_tr.shape[0]
+    n_batches = max(1, n // cfg.batch_size)
+    sched = _scheduler(opt, cfg, n_batches)
+    ema = (torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if cfg.ema else None)
+    evaluated = ema.module if ema is not None else net
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": []}
@@ -179,13 +187,14 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         gen.set_state(ckpt["gen"].cpu())
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
         log.info("resumed", epoch=state["epoch"], step=state["step"])
     log.info("training", device=str(device), n_train=len(tr.label), n_val=len(va.label),
              class_counts=np.bincount(tr.label, minlength=K).tolist(), weights=weights_np.round(3).tolist())
-    n = x_tr.shape[0]
     started, epoch_s = time.perf_counter(), 0.0
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
@@ -198,7 +207,6 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
         net.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=gen, device=device)
-        n_batches = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
         total = 0.0
         bar = tqdm(range(n_batches), desc=f"epoch {state['epoch'] + 1}", disable=not progress,
                    mininterval=2, leave=False)
@@ -215,29 +223,51 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            if cfg.schedule == "cosine":
+                sched.step()
             total += float(loss.detach())
             state["step"] += 1
             if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
                 break
-        probs = predict_probs(net, x_va)
+        probs = predict_probs(evaluated, x_va)
         scores = val_score(va.label.astype(np.int64), probs)
         state["epoch"] += 1
         score = scores["score"] if not math.isnan(scores["score"]) else -total
-        sched.step(score)
+        if cfg.schedule == "plateau":
+            sched.step(score)
         entry = {"epoch": state["epoch"], "loss": total / max(1, b + 1), **scores,
                  "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
         state["history"].append(entry)
         epoch_s = time.perf_counter() - t0
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0)
-            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / "best_state.pt")
+            torch.save({k: v.detach().cpu() for k, v in evaluated.state_dict().items()},
+                       out / "best_state.pt")
         else:
             state["bad_epochs"] += 1
         log.info("epoch", **entry)
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
                     "config": asdict(cfg)}, last)
     return finish(cfg, net, x_va, va, state, arrays)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN202
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    warm, total = steps_per_epoch, max(steps_per_epoch + 1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def finish(cfg: TrainConfig, net: TriageNet, x_va: Tensor, va: PtbxlArrays, state: dict[str, Any],
