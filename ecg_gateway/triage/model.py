@@ -22,6 +22,7 @@ import torch
 
 from ecg_gateway.ecg import CATEGORY_ORDER
 from ecg_gateway.errors import CheckpointError
+from ecg_gateway.triage.decide import check_thresholds
 from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.preprocess import InputContract
 
@@ -115,9 +116,12 @@ def _validate(payload: Any) -> tuple[InputContract, list[str], dict[str, float],
     if not isinstance(order, list) or sorted(order) != sorted(CATEGORY_NAMES):
         raise CheckpointError(f"class_order must be a permutation of {list(CATEGORY_NAMES)}, got {order!r}")
     thresholds = payload.get("thresholds")
-    if not isinstance(thresholds, dict) or not all(
-            isinstance(v, float) and 0.0 <= v <= 1.0 for v in thresholds.values()):
-        raise CheckpointError("thresholds must map names to probabilities in [0, 1]")
+    try:
+        if not isinstance(thresholds, dict) or not all(isinstance(v, float) for v in thresholds.values()):
+            raise ValueError("must map category names to floats")
+        check_thresholds(thresholds)
+    except ValueError as exc:
+        raise CheckpointError(f"bad thresholds: {exc}") from None
     metadata = payload.get("metadata")
     if not isinstance(metadata, dict):
         raise CheckpointError("metadata must be a mapping")
