@@ -22,7 +22,9 @@ import torch
 
 from ecg_gateway.ecg import CATEGORY_ORDER
 from ecg_gateway.errors import CheckpointError
+from ecg_gateway.triage.decide import check_thresholds
 from ecg_gateway.triage.network import TriageNet
+from ecg_gateway.triage.optimize import optimize_for_cpu
 from ecg_gateway.triage.preprocess import InputContract
 
 log = structlog.get_logger(__name__)
@@ -115,9 +117,12 @@ def _validate(payload: Any) -> tuple[InputContract, list[str], dict[str, float],
     if not isinstance(order, list) or sorted(order) != sorted(CATEGORY_NAMES):
         raise CheckpointError(f"class_order must be a permutation of {list(CATEGORY_NAMES)}, got {order!r}")
     thresholds = payload.get("thresholds")
-    if not isinstance(thresholds, dict) or not all(
-            isinstance(v, float) and 0.0 <= v <= 1.0 for v in thresholds.values()):
-        raise CheckpointError("thresholds must map names to probabilities in [0, 1]")
+    try:
+        if not isinstance(thresholds, dict) or not all(isinstance(v, float) for v in thresholds.values()):
+            raise ValueError("must map category names to floats")
+        check_thresholds(thresholds)
+    except ValueError as exc:
+        raise CheckpointError(f"bad thresholds: {exc}") from None
     metadata = payload.get("metadata")
     if not isinstance(metadata, dict):
         raise CheckpointError("metadata must be a mapping")
@@ -134,8 +139,11 @@ class TriageModel:
 
     def __init__(self, net: TriageNet, contract: InputContract, class_order: list[str],
                  thresholds: dict[str, float], metadata: dict[str, Any], sha256: str,
-                 device: torch.device, path: Path | None = None) -> None:
+                 device: torch.device, path: Path | None = None, optimize: bool = True) -> None:
         self.net = net.eval().to(device)
+        # CPU: a channels-last, BN-folded twin of the same function (optimize.py), ~1.3-1.5x faster
+        self.runner: torch.nn.Module = (optimize_for_cpu(self.net) if optimize and device.type == "cpu"
+                                        else self.net)
         self.contract = contract
         self.thresholds = dict(thresholds)
         self.metadata = dict(metadata)
@@ -166,14 +174,15 @@ class TriageModel:
             if self.device.type == "cuda":
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
                 with torch.autocast("cuda", dtype=dtype):
-                    logits = self.net(x)
+                    logits = self.runner(x)
             else:
-                logits = self.net(x)
+                logits = self.runner(x)
             probs = torch.softmax(logits.float(), dim=1)[:, self._reorder]
         return probs.cpu().numpy()
 
 
-def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto") -> TriageModel:
+def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
+               optimize: bool = True) -> TriageModel:
     """Load and self-test a checkpoint (``None`` → the bundled default). Raises CheckpointError."""
     path = Path(path) if path is not None else default_checkpoint_path()
     if not path.is_file():
@@ -192,7 +201,7 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"weights do not fit the architecture: {first}") from None
     model = TriageModel(net, contract, order, thresholds, metadata, sha256,
-                        resolve_device(device), path)
+                        resolve_device(device), path, optimize=optimize)
     probe = model.predict(np.zeros((1, len(contract.leads), contract.length), dtype=np.float32))
     if probe.shape != (1, len(CATEGORY_NAMES)) or not np.all(np.isfinite(probe)):
         raise CheckpointError("checkpoint produces non-finite outputs")

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 #: The paper's dilation: 100 samples at 500 Hz (0.2 s).
@@ -42,6 +43,23 @@ def conv_out_len(length: int, kernel: int, stride: int = 1, dilation: int = 1, p
     return (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+class DilatedConv1d(nn.Conv1d):
+    """A "same"-padded dilated conv that skips the taps which can only read padding.
+
+    When the input is no longer than the dilation, every tap but the centre one falls in
+    the zero padding, so the conv equals a 1×1 conv with the centre tap — exactly, not
+    approximately. Deep in the net (lengths 40 → 10 at 500 Hz with dilation 100) this
+    avoids 4/5 of the multiply-adds, which all multiply zeros. Same weights, same keys.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        dilation, kernel = self.dilation[0], self.kernel_size[0]
+        if x.shape[-1] <= dilation and self.padding[0] == dilation * (kernel - 1) // 2:
+            centre = kernel // 2
+            return F.conv1d(x, self.weight[:, :, centre:centre + 1], self.bias, self.stride)
+        return super().forward(x)
+
+
 class _Branch(nn.Sequential):
     """BN-ReLU-Conv k1 (bottleneck to ``in_ch/2``) → BN-ReLU-Dropout-Conv k to ``out_ch``
     (strided, maybe dilated)."""
@@ -53,7 +71,7 @@ class _Branch(nn.Sequential):
             nn.BatchNorm1d(in_ch), nn.ReLU(inplace=True),
             nn.Conv1d(in_ch, mid, kernel_size=1, bias=False),
             nn.BatchNorm1d(mid), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv1d(mid, out_ch, kernel_size=kernel, stride=stride, dilation=dilation,
+            DilatedConv1d(mid, out_ch, kernel_size=kernel, stride=stride, dilation=dilation,
                       padding=dilation * (kernel - 1) // 2, bias=False),
         )
 
