@@ -21,8 +21,8 @@ DEFINITIONS = """\
   the highest p_i of the four; PDI is the mean of PDI_i (chance = 0.25, perfect = 1).
   Computed exactly over all 4-tuples; ties share the win.
 * **sensitivity, specificity, PPV, NPV**: one-vs-rest, of the *decided* category under the
-  shipped policy: acute when p_acute >= the acute threshold, else the most probable of the
-  other three categories.
+  shipped policy, which is the daemon's `ecg_gateway/triage/decide.py`: acute when
+  p_acute >= the acute threshold, else the most probable category (ties -> more urgent).
 * **95% CI**: percentile bootstrap over records ({n_boot} resamples, seed {seed}); a resample
   in which a metric is undefined (e.g. no acute case drawn) is skipped for that metric.
 * **calibration**: observed frequency vs mean predicted probability in 10 equal-count bins per
@@ -68,6 +68,18 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def operating_points_markdown(rows: list[dict[str, Any]]) -> str:
+    sets = [k for k in rows[0] if k not in ("target_sensitivity", "threshold")]
+    head = "| fold-9 target | threshold | " + " | ".join(
+        f"{s} sens / spec / PPV / flagged" for s in sets) + " |"
+    lines = [head, "|---|---|" + "---|" * len(sets)]
+    for r in rows:
+        cells = [f"{r[s]['sensitivity']:.3f} / {r[s]['specificity']:.3f} / {r[s]['ppv']:.3f} / "
+                 f"{r[s]['flagged_fraction']:.2f}" for s in sets]
+        lines.append(f"| {r['target_sensitivity']:.2f} | {r['threshold']:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_card(card: dict[str, Any], md_path: Path, json_path: Path) -> None:
     json_path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     md_path.write_text(render_markdown(card), encoding="utf-8")
@@ -95,7 +107,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"Decision policy: acute when p_acute >= **{t.get('acute', float('nan')):.4f}** "
         f"(chosen on PTB-XL fold 9 for acute sensitivity >= {card['target_sensitivity']}; "
         f"fold-9 sensitivity at this threshold {card['val_acute_sensitivity']:.3f}), else the most "
-        "probable of normal / abnormal_not_acute / subacute.",
+        "probable category (ties -> more urgent), as in ecg_gateway/triage/decide.py. See the "
+        "acute operating points below for what this threshold costs in false alarms.",
         "",
         "## Data",
         card["data_description"],
@@ -119,6 +132,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         metrics_markdown(ev["cinc_external"]),
         "",
         "![ROC CinC](report/roc_cinc_external.png) ![calibration CinC](report/calibration_cinc_external.png)",
+        "",
+        "### Acute operating points (threshold chosen on fold 9, acute flag = p_acute >= t)",
+        "",
+        operating_points_markdown(ev["acute_operating_points"]),
         "",
         "### Against the targets (PTB-XL fold 10)",
         *[f"* {x}" for x in card["targets"]],

@@ -16,6 +16,15 @@ INTENDED_USE = (
 )
 
 LIMITATIONS = [
+    "The shipped acute threshold meets the required sensitivity >= 0.95 on fold 9 only by "
+    "flagging most ECGs: a handful of acute-labelled records get p_acute < 0.01, so the "
+    "threshold is ~0.0007 and about 70 % of PTB-XL test ECGs are flagged acute (specificity "
+    "~0.30, PPV ~0.06). Read the operating-point table and set `thresholds.acute` to what the "
+    "ward can absorb (e.g. fold-9 sensitivity 0.85 flags ~17 %).",
+    "Overall c on PTB-XL fold 10 is below the project's 0.90 floor; the weak category is "
+    "abnormal_not_acute (c ~0.77), which overlaps with normal: a quarter of these records "
+    "also carry the cardiologist's NORM statement (mapping rule 2 lets any minor statement "
+    "override NORM).",
     "Labels are NOT the paper's: PTB-XL has no triage label, so ours come from a rule-based "
     "mapping of SCP statements (below) written for this project; several rows are judgement "
     "calls (marked '?' in docs/triage.md §3) and the mapping has not been reviewed by a cardiologist.",
@@ -32,6 +41,40 @@ LIMITATIONS = [
     "(see the calibration plots); use the decision policy, not the raw probabilities, as a rule.",
     "The external CinC sample is tiny (about 100 labelled records, few acute): its CIs are wide "
     "and per-category numbers with n < 10 are anecdotal.",
+]
+
+
+TRAINING_NOTE = (
+    "Model selection: four GPU runs (one NVIDIA H100, torch 2.11 + CUDA 13, bf16 autocast) were "
+    "compared on the fold-9 score only: batch 64 / plateau (c 0.863, PDI 0.702), **batch 128 / "
+    "plateau, seed 1 (c 0.877, PDI 0.728; shipped)**, batch 128 / cosine + weight EMA 0.998 with "
+    "focal loss (0.871, 0.717) or weighted cross-entropy (0.871, 0.714). The shipped run stopped "
+    "early at epoch 31 (best epoch 23), 7.3 s per epoch while a second run shared the GPU.")
+
+REPRODUCIBILITY = (
+    "Seeds are fixed (Python, NumPy, torch, the batch/augmentation generator) and cuDNN runs in "
+    "deterministic mode, so the same command on the same GPU and software is expected to give "
+    "the same weights; across GPUs, CPU or library versions the weights differ, and the seed-to-"
+    "seed spread seen above (fold-9 c 0.863–0.877, PDI 0.70–0.73) is the tolerance to expect: "
+    "fold-10 overall c and PDI within ±0.015 and ±0.03 of the numbers here. `evaluate` is "
+    "deterministic on the CPU (bootstrap seed 0): rerun on the shipped checkpoint it reproduces "
+    "every number in this card; CI (tests/test_training_smoke.py) checks the shipped model's "
+    "probabilities on 64 fold-10 records against report/predictions_ptbxl_fold10.npz within 1e-3. "
+    "The acute threshold is re-chosen by `evaluate` from CPU float32 predictions on fold 9 (the "
+    "daemon's default device). A CPU-only run is resumable (`--resume`) but slow here: one "
+    "batch-64 step took 12–24 s on the shared 2-core machine, i.e. hours per epoch, so "
+    "the < 90 min CPU target is NOT met on this machine; the GPU run took about 4 minutes.")
+
+COMMANDS = [
+    "python -m model_training cache   # decode PTB-XL once: runs/cache/ptbxl100.npz (~2.5 min, 1 core)",
+    "python -m model_training labels  # class counts per fold (table above)",
+    "# GPU host without wfdb: ship the cache as 3 packed chunks of ~44 MB",
+    "python -m model_training cache --split-dir .gpu --split-folds 1-9 --chunks 3",
+    "python -m model_training train --cache .gpu/ptbxl_0/ptbxl.npz .gpu/ptbxl_1/ptbxl.npz "
+    ".gpu/ptbxl_2/ptbxl.npz --batch-size 128 --seed 1 --device cuda --out runs/train",
+    "# (or, with the full cache: python -m model_training train --batch-size 128 --seed 1 --out runs/train)",
+    "python -m model_training evaluate --checkpoint runs/train/model.pt "
+    "--ship ecg_gateway/triage/default_model.pt",
 ]
 
 
@@ -70,7 +113,7 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             f"{training.get('epochs')} epochs, seed {training.get('seed')}. Augmentation: gain "
             "±20 %, Gaussian noise ≤ 0.03 mV, baseline wander ≤ 0.15 mV (0.05–0.5 Hz), time "
             f"shift ≤ 0.5 s. Best epoch {card['training'].get('best_epoch')}; fold-9 scores "
-            f"{card['training'].get('validation')}. {extra.get('training_note', '')}"),
+            f"{card['training'].get('validation')}. {extra.get('training_note', TRAINING_NOTE)}"),
         "mapping_rules": (
             f"Statements count when their likelihood is ≥ {MIN_LIKELIHOOD:.0f} or 0 (unspecified; "
             "all rhythm/form statements); the record takes the MOST SEVERE category over its "
@@ -80,5 +123,5 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             f"{AF_RAPID_BPM:.0f} or < {EXTREME_BRADY_BPM:.0f} bpm, SBRAD acute if < "
             f"{EXTREME_BRADY_BPM:.0f}, STACH acute if > {EXTREME_TACHY_BPM:.0f}. A record with no "
             "counting statement is unlabelled and left out."),
-        "reproducibility": extra.get("reproducibility", ""),
+        "reproducibility": extra.get("reproducibility", REPRODUCIBILITY),
     }

@@ -83,6 +83,7 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
         log.info("evaluated", set=pred.name, n=res["n"], overall_c=res["metrics"]["overall_c"]["value"],
                  pdi=res["metrics"]["pdi"]["value"])
     evaluation["cinc_external"]["info"] = cinc_info
+    evaluation["acute_operating_points"] = operating_points(val, [test, cinc])
     meta = dict(model.metadata)
     card = build_card(meta, thresholds, val_sens, target_sensitivity, arrays, evaluation, commands or [],
                       extra or {})
@@ -99,10 +100,30 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
     return card
 
 
+def operating_points(val: Predictions, tests: list[Predictions],
+                     targets: tuple[float, ...] = (0.80, 0.85, 0.90, 0.95)) -> list[dict[str, Any]]:
+    """Acute flag ``p_acute >= t`` with t chosen on fold 9 per target sensitivity, applied to each set."""
+    rows = []
+    for target in targets:
+        t = choose_acute_threshold(val.labels, val.probs, target)
+        row: dict[str, Any] = {"target_sensitivity": target, "threshold": t}
+        for pred in tests:
+            flag, pos = pred.probs[:, ACUTE_INDEX] >= t, pred.labels == ACUTE_INDEX
+            tp, fp = int((flag & pos).sum()), int((flag & ~pos).sum())
+            row[pred.name] = {
+                "sensitivity": tp / max(1, int(pos.sum())),
+                "specificity": int((~flag & ~pos).sum()) / max(1, int((~pos).sum())),
+                "ppv": tp / max(1, tp + fp), "flagged_fraction": float(flag.mean())}
+        rows.append(row)
+    return rows
+
+
 def compact_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers (value and CI) in plain types, for the checkpoint metadata."""
     out = {}
     for name, res in evaluation.items():
+        if "metrics" not in res:
+            continue
         m = res["metrics"]
         out[name] = {"n": res["n"], **{key: {"value": m[key]["value"], "ci_low": m[key]["ci_low"],
                                              "ci_high": m[key]["ci_high"]}
@@ -114,7 +135,7 @@ def compact_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
 def build_card(meta: dict[str, Any], thresholds: dict[str, float], val_sens: float, target: float,
                arrays: cache_mod.PtbxlArrays, evaluation: dict[str, Any], commands: list[str],
                extra: dict[str, Any]) -> dict[str, Any]:
-    from model_training.card_text import card_texts
+    from model_training.card_text import COMMANDS, card_texts
 
     test = evaluation["ptbxl_fold10"]["metrics"]
     c, p = test["overall_c"]["value"][0], test["pdi"]["value"][0]
@@ -128,7 +149,7 @@ def build_card(meta: dict[str, Any], thresholds: dict[str, float], val_sens: flo
         "training": {k: meta.get(k) for k in ("training", "validation", "best_epoch")},
         "targets": [_target("overall c", c, 0.90, 0.93), _target("PDI", p, 0.70, 0.80),
                     _target("acute sensitivity at the shipped threshold", sens, 0.95, None)],
-        "commands": commands,
+        "commands": commands or COMMANDS,
     }
     card.update(card_texts(card, evaluation, extra))
     return card

@@ -1,9 +1,9 @@
-"""The decision policy evaluated here: the acute threshold first, then the most probable.
+"""The daemon's decision policy, vectorised for evaluation, and the acute threshold choice.
 
 A record is "acute" when ``p_acute >= thresholds["acute"]`` (chosen on validation for a
-target sensitivity); otherwise it gets the most probable of the other three categories.
-Without an acute threshold the policy is the plain argmax. The daemon's decision step must
-apply the same rule for the reported sensitivity/PPV to hold.
+target sensitivity); otherwise it gets the most probable category (ties -> more urgent).
+This mirrors ecg_gateway/triage/decide.py exactly (tests/test_metrics.py checks it), so the
+reported sensitivity/PPV are those of the deployed policy.
 """
 
 from __future__ import annotations
@@ -19,14 +19,26 @@ ACUTE_INDEX = CATEGORY_ORDER.index(TriageCategory.ACUTE)
 
 
 def decide(probs: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
-    """``[N, 4]`` probabilities (CATEGORY_ORDER) -> ``[N]`` decided category indices."""
+    """``[N, 4]`` probabilities (CATEGORY_ORDER) -> ``[N]`` decided category indices.
+
+    Vectorised mirror of :func:`ecg_gateway.triage.decide.decide` (the daemon's policy):
+    thresholded categories from most to least urgent, the first reached wins; otherwise the
+    argmax, ties going to the more urgent category.
+    """
     probs = np.asarray(probs, dtype=np.float64)
-    t = thresholds.get(ACUTE)
-    if t is None:
-        return probs.argmax(axis=1)
-    others = probs.copy()
-    others[:, ACUTE_INDEX] = -np.inf
-    return np.where(probs[:, ACUTE_INDEX] >= t, ACUTE_INDEX, others.argmax(axis=1))
+    k = probs.shape[1]
+    # argmax with ties to the highest index: argmax over the reversed columns
+    out = k - 1 - np.argmax(probs[:, ::-1], axis=1)
+    decided = np.zeros(len(probs), dtype=bool)
+    result = out.copy()
+    for index in reversed(range(k)):
+        limit = thresholds.get(CATEGORY_ORDER[index].value)
+        if limit is None:
+            continue
+        hit = ~decided & (probs[:, index] >= limit)
+        result[hit] = index
+        decided |= hit
+    return result
 
 
 def choose_acute_threshold(labels: np.ndarray, probs: np.ndarray, target: float = 0.95) -> float:
