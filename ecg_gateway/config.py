@@ -40,7 +40,13 @@ class DicomConfig(Section):
     acse_timeout_s: float = Field(10.0, gt=0)
     dimse_timeout_s: float = Field(30.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
-    max_pdu_bytes: int = Field(0, ge=0, description="0 = unlimited; carts send ~1 MB datasets")
+    max_pdu_bytes: int = Field(1 << 20, ge=4096, le=64 << 20,
+                               description="largest PDU we accept; longer length claims drop the connection")
+    max_connections_per_ip: int = Field(8, ge=1, description="idle sockets must not exhaust max_associations")
+    tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS")
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")
+    tls_handshake_timeout_s: float = Field(5.0, gt=0)
 
 
 class Hl7Config(Section):
@@ -160,3 +166,21 @@ def _reject_unknown_env_keys() -> None:
         section = sections.get(parts[0])
         if section is None or len(parts) != 2 or parts[1] not in section.annotation.model_fields:  # type: ignore[union-attr]
             raise ConfigError(f"invalid config key {name}: unknown setting")
+
+
+def example_yaml() -> str:
+    """config.example.yaml, generated from the models so the reference never drifts."""
+    lines = ["# ecg-gateway configuration: every key with its default.",
+             "# Override any key with ECG_GATEWAY__<SECTION>__<KEY> (e.g. ECG_GATEWAY__DICOM__PORT=0).",
+             "# Unknown keys are rejected; `ecg-gateway check-config --config FILE` validates a file.", ""]
+    defaults = Config().model_dump(mode="json")
+    for section, info in Config.model_fields.items():
+        lines.append(f"{section}:")
+        model = info.annotation
+        for key, field_info in model.model_fields.items():  # type: ignore[union-attr]
+            if field_info.description:
+                lines.append(f"  # {field_info.description}")
+            value = yaml.safe_dump({key: defaults[section][key]}, default_flow_style=True, width=200)
+            lines.append("  " + value.strip()[1:-1])
+        lines.append("")
+    return "\n".join(lines)

@@ -56,3 +56,38 @@ def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
     with sessions.begin() as s:
         assert requeue(s, Job, [3]) == 1
         assert [c.id for c in claim(s, Job, limit=5, lease_s=5)] == [3]
+
+
+def test_concurrent_claimers_on_postgres_claim_each_job_exactly_once(pg_url: str) -> None:
+    """Four claimers with their own connections drain 200 jobs; no job is claimed twice."""
+    import threading
+
+    from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
+
+    upgrade_to_head(pg_url)
+    engine = make_engine(pg_url, pool_size=8)
+    sessions = make_session_factory(engine)
+    ingestor = Ingestor(sessions)
+    for i in range(200):
+        ingestor.accept(_msg(f"1.9.{i}"))
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while True:
+            with sessions.begin() as s:
+                batch = claim(s, Job, limit=5, lease_s=60)
+                for c in batch:
+                    assert complete(s, Job, c.id)
+            if not batch:
+                return
+            with lock:
+                seen.extend(c.id for c in batch)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    engine.dispose()
+    assert len(seen) == 200 and len(set(seen)) == 200

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.errors import StoreUnavailableError
+from ecg_gateway.metrics import ECGS_RECEIVED
 from ecg_gateway.store.models import Job, Message
 from ecg_gateway.store.queue import record_event
 
@@ -71,6 +72,7 @@ class Ingestor:
         except SQLAlchemyError as exc:
             log.error("store_failed", source=msg.source, error=type(exc).__name__)
             raise StoreUnavailableError("database could not commit") from exc
+        ECGS_RECEIVED.labels(source=msg.source, outcome=result.outcome.value).inc()
         if result.outcome is IngestOutcome.STORED:
             self._on_commit()
         log.info("ecg_ingested", source=msg.source, outcome=result.outcome.value,

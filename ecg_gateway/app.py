@@ -1,0 +1,184 @@
+"""The Gateway: builds the components from Config and starts/stops them in a fixed order.
+
+Start: database (migrate/check) -> worker -> sender -> receivers (DICOM, HL7) -> ops.
+Stop (first SIGTERM/SIGINT): receivers stop accepting and drain in-flight stores ->
+worker finishes its batch -> sender finishes its send -> engine disposed -> exit 0.
+A second signal forces an immediate exit. A crash needs no cleanup: leases expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ecg_gateway.config import Config
+from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
+from ecg_gateway.store.ingest import Ingestor
+
+log = structlog.get_logger(__name__)
+
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+ROLES = ("all", "ingest", "worker", "sender")
+DRAIN_TIMEOUT_S = 15.0
+
+
+class StartupError(Exception):
+    """Start-up failed in a way the operator must fix; carries the exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
+    """Connect; on SQLite migrate to head, elsewhere refuse to run unless already at head."""
+    url = config.database.url
+    engine = make_engine(url)
+    try:
+        ping(engine)
+        if is_sqlite(url) and config.database.auto_upgrade:
+            upgrade_to_head(url)
+        elif not at_head(engine):
+            raise StartupError("database is not at the migration head: run `ecg-gateway db upgrade`", EX_CONFIG)
+    except SQLAlchemyError as exc:
+        raise StartupError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+    return engine, make_session_factory(engine)
+
+
+@dataclass
+class Gateway:
+    config: Config
+    role: str = "all"
+    nudge: threading.Event = field(default_factory=threading.Event)
+    bound: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self._thread_stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._dicom_server: Any = None
+        self._hl7_server: Any = None
+        self._signals = 0
+        self._ops_server: Any = None
+        self._health_sources: dict[str, Any] = {}
+
+    def wants(self, part: str) -> bool:
+        return self.role == "all" or self.role == part
+
+    async def run(self) -> int:
+        self.engine, self.sessions = open_database(self.config)
+        self.ingestor = Ingestor(self.sessions, max_attempts=self.config.worker.max_attempts,
+                                 on_commit=self.nudge.set)
+        self._install_signal_handlers()
+        try:
+            await self._start()
+            log.info("gateway_started", role=self.role, ports=self.bound, process_id=os.getpid())
+            await self._stopping.wait()
+        finally:
+            await self._stop()
+        return 0
+
+    async def _start(self) -> None:
+        if self.wants("ingest") and self.config.dicom.enabled:
+            self._start_dicom()
+        if self.config.http.enabled:
+            self._start_ops()
+
+    def _start_ops(self) -> None:
+        from ecg_gateway.metrics import REGISTRY
+        from ecg_gateway.ops import QueueCollector, ops_app, start_ops_server
+
+        REGISTRY.register(QueueCollector(self.sessions))
+        try:
+            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port, ops_app(self.health))
+        except OSError as exc:
+            raise StartupError(f"cannot bind HTTP port {self.config.http.port}: {exc.strerror}",
+                               EX_UNAVAILABLE) from exc
+        self.bound["http"] = self._ops_server.server_address[1]
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Readiness checks, each named, for /readyz and `status`."""
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            ping(self.engine)
+            checks["database"] = {"ok": True}
+            checks["migrations"] = {"ok": at_head(self.engine)}
+        except SQLAlchemyError as exc:
+            checks["database"] = {"ok": False, "error": type(exc).__name__}
+            checks["migrations"] = {"ok": False, "error": "database unreachable"}
+        listeners = {"dicom": self._dicom_server is not None, "hl7": self._hl7_server is not None}
+        expected = {"dicom": self.wants("ingest") and self.config.dicom.enabled,
+                    "hl7": self.wants("ingest") and self.config.hl7.enabled}
+        checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
+        for name, component in self._health_sources.items():
+            checks.update(component())
+        return checks
+
+    def _start_dicom(self) -> None:
+        from ecg_gateway.inbound.dicom_scp import accepted_sop_classes, start_dicom_server
+
+        try:
+            self._dicom_server = start_dicom_server(self.config.dicom, self.ingestor)
+        except OSError as exc:
+            raise StartupError(f"cannot bind DICOM port {self.config.dicom.port}: {exc.strerror}",
+                               EX_UNAVAILABLE) from exc
+        self.bound["dicom"] = self._dicom_server.server_address[1]
+        log.info("dicom_listening", host=self.config.dicom.host, port=self.bound["dicom"],
+                 ae_title=self.config.dicom.ae_title, sop_classes=list(accepted_sop_classes(self.config.dicom)))
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("forced_exit", signal=sig.name)
+            os._exit(1)
+        log.info("shutdown_requested", signal=sig.name)
+        self._stopping.set()
+
+    async def _stop(self) -> None:
+        if self._dicom_server is not None:
+            await asyncio.to_thread(_drain_dicom, self._dicom_server, DRAIN_TIMEOUT_S)
+        if self._hl7_server is not None:
+            self._hl7_server.close()
+            await self._hl7_server.wait_closed()
+        self._thread_stop.set()
+        self.nudge.set()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, DRAIN_TIMEOUT_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ops_server is not None:
+            self._ops_server.shutdown()
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+        log.info("gateway_stopped")
+
+
+def _drain_dicom(server: Any, timeout_s: float) -> None:
+    """Stop accepting, let in-flight associations finish their stores, abort stragglers."""
+    server.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for assoc in list(server.active_associations):
+        assoc.abort()

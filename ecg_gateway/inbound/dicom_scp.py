@@ -1,0 +1,240 @@
+"""DICOM Storage SCP for ECG waveforms (pynetdicom), plus Verification.
+
+The C-STORE handler runs in pynetdicom's association thread: it decodes and validates the
+dataset, commits raw bytes + triage job, and only then returns 0x0000. It never raises into
+pynetdicom (an exception there would become 0xC211) and never runs inference.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import ssl
+import threading
+from io import BytesIO
+from typing import Any
+
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+
+from ecg_gateway.config import DicomConfig
+from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
+from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
+from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
+from ecg_gateway.store.ingest import InboundMessage, Ingestor
+
+log = structlog.get_logger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+ASSOCIATE_RQ_CAP = 1 << 20
+
+# Deflated Explicit VR LE is deliberately not offered (decompression bombs; reliability.md §0.2).
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
+
+
+def accepted_sop_classes(config: DicomConfig) -> tuple[str, ...]:
+    return ECG_SOP_CLASSES + ((HEMODYNAMIC,) if config.accept_hemodynamic else ())
+
+
+def build_ae(config: DicomConfig) -> AE:
+    """An AE that registers only Verification and the ECG storage classes.
+
+    pynetdicom copies its supported-context list for every association, so registering
+    all storage classes costs CPU on every cart connection (design.md).
+    """
+    ae = AE(ae_title=config.ae_title)
+    ae.add_supported_context(Verification)
+    for uid in accepted_sop_classes(config):
+        ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+    ae.maximum_associations = config.max_associations
+    ae.maximum_pdu_size = config.max_pdu_bytes
+    ae.acse_timeout = config.acse_timeout_s
+    ae.dimse_timeout = config.dimse_timeout_s
+    ae.network_timeout = config.network_timeout_s
+    ae.require_calling_aet = list(config.allowed_calling_ae_titles)
+    return ae
+
+
+class StoreHandler:
+    """Handles EVT_C_STORE and EVT_C_ECHO for the SCP."""
+
+    def __init__(self, ingestor: Ingestor, config: DicomConfig) -> None:
+        self._ingestor = ingestor
+        self._config = config
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)]
+
+    def on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: evt.Event) -> Dataset | int:
+        peer = _peer(event)
+        try:
+            answer = self._store(event, peer)
+        except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
+            log.exception("c_store_internal_error", peer=peer)
+            answer = _status(PROCESSING_FAILURE, "internal error")
+        code = answer if isinstance(answer, int) else int(answer.Status)
+        DICOM_STATUSES.labels(status=f"0x{code:04X}").inc()
+        if code != SUCCESS:
+            ECGS_RECEIVED.labels(source="dicom", outcome="rejected").inc()
+        return answer
+
+    def _store(self, event: evt.Event, peer: str) -> Dataset | int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            sop_class = str(ds.SOPClassUID)
+            sop_instance = str(ds.SOPInstanceUID)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
+            log.warning("c_store_rejected", peer=peer, status=hex(CANNOT_UNDERSTAND), reason=type(exc).__name__)
+            return _status(CANNOT_UNDERSTAND, "dataset cannot be decoded")
+        if sop_class != str(event.request.AffectedSOPClassUID) or sop_instance != str(
+            event.request.AffectedSOPInstanceUID
+        ):
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, "UIDs differ from the request", None)
+        try:
+            ecg = decode_dataset(ds, accept_hemodynamic=self._config.accept_hemodynamic)
+        except InvalidEcgError as exc:
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field)
+        except (UndecodableError, GatewayError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None)
+        message = InboundMessage(
+            source="dicom", idempotency_key=f"dicom:{ecg.uid}", raw=part10_bytes(event),
+            content_type="application/dicom", peer=peer, ecg_uid=ecg.uid,
+            identifiers=ecg.demographics.as_dict(),
+        )
+        try:
+            self._ingestor.accept(message)
+        except StoreUnavailableError:
+            return self._reject(peer, OUT_OF_RESOURCES, "storage unavailable", None)
+        return SUCCESS
+
+    def _reject(self, peer: str, status: int, reason: str, field: str | None) -> Dataset:
+        log.warning("c_store_rejected", peer=peer, status=hex(status), reason=reason, field=field)
+        return _status(status, reason)
+
+
+def part10_bytes(event: evt.Event) -> bytes:
+    """The received dataset as a DICOM file, byte for byte, without decode/re-encode."""
+    buffer = BytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, event.file_meta, enforce_standard=True)
+    buffer.write(event.request.DataSet.getvalue())
+    return buffer.getvalue()
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO; never contains PHI (messages name elements only)
+    return status
+
+
+def _peer(event: evt.Event) -> str:
+    requestor = event.assoc.requestor
+    return f"{requestor.ae_title}@{requestor.address}:{requestor.port}"
+
+
+class EcgAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, hardened for a hospital network.
+
+    - TCP_NODELAY on accepted sockets: small response PDUs otherwise meet Nagle + delayed
+      ACK and a cart waits ~40 ms per round trip.
+    - A cap on sockets per source address: pynetdicom counts a socket that never sent an
+      A-ASSOCIATE-RQ as an association, so idle sockets could lock real carts out.
+    - The TLS handshake runs in the connection's own thread with a timeout, not in the accept
+      loop, where one stalled client blocks every new association (reliability.md §0.1).
+    """
+
+    max_connections_per_ip = 8
+    handshake_timeout_s = 5.0
+    tls_context: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        ip = client_address[0]
+        active = sum(1 for a in self.active_associations if a.requestor.address == ip)
+        if active >= self.max_connections_per_ip:
+            log.warning("dicom_connection_refused", peer_ip=ip, reason="too many connections from this address")
+            return False
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.tls_context is not None:
+            try:
+                request.settimeout(self.handshake_timeout_s)
+                request = self.tls_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("dicom_tls_handshake_failed", peer_ip=client_address[0], error=type(exc).__name__)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+
+def install_pdu_cap(max_pdu_bytes: int) -> None:
+    """Refuse PDUs longer than we accept (pynetdicom reads whatever length is claimed).
+
+    Before the association is established the cap is 1 MiB (real A-ASSOCIATE-RQs are a few
+    KB); after it, our advertised maximum PDU plus the 6-byte header. A longer claim closes
+    the connection before any of the claimed bytes are buffered.
+    """
+    if getattr(AssociationSocket.recv, "_ecg_capped", False):
+        AssociationSocket.recv = AssociationSocket.recv.__wrapped__  # type: ignore[attr-defined,method-assign]
+    original = AssociationSocket.recv
+
+    @functools.wraps(original)
+    def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+        assoc = self.assoc
+        cap = max_pdu_bytes + 6 if assoc.is_established else ASSOCIATE_RQ_CAP
+        if nr_bytes > cap and assoc.is_acceptor:
+            log.warning("dicom_pdu_too_large", claimed=nr_bytes, cap=cap)
+            raise OSError("PDU length exceeds the configured cap")
+        return original(self, nr_bytes)
+
+    recv._ecg_capped = True  # type: ignore[attr-defined]
+    AssociationSocket.recv = recv  # type: ignore[method-assign]
+
+
+def tls_context(config: DicomConfig) -> ssl.SSLContext | None:
+    """TLS >= 1.2 server context (BCP 195); client certificates required if a CA is set."""
+    if not config.tls_cert_file:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    if config.tls_client_ca_file:
+        context.load_verify_locations(config.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
+    """Bind and start the SCP in its own threads; ``server.server_address`` has the port."""
+    ae = build_ae(config)
+    handler = StoreHandler(ingestor, config)
+    install_pdu_cap(config.max_pdu_bytes)
+    server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
+                            server_class=EcgAssociationServer)
+    server.max_connections_per_ip = config.max_connections_per_ip
+    server.handshake_timeout_s = config.tls_handshake_timeout_s
+    server.tls_context = tls_context(config)
+    ae._servers.append(server)  # so AE.shutdown() also stops it, as start_server would
+    threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+    return server

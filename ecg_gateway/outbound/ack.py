@@ -1,0 +1,79 @@
+"""Read the EHR's ACK to one ORU and decide what happens to the outbound row (pure).
+
+Only MSA-1 ``AA``/``CA`` with MSA-2 equal to our MSH-10 counts as delivered. ``AE``/``CE``
+(application error), a wrong MSA-2 and an unreadable ACK are retried with backoff; ``AR``/
+``CR`` (application reject) is final. Issue #5 overrides reliability.md's "AE -> dead letter":
+receivers disagree on AE vs AR (formats.md 5.3) and a retry is cheaper than a lost acute
+result, so AE retries until ``max_attempts`` and then goes to ``dead`` anyway.
+
+A few lines of splitting instead of hl7apy: an ACK is tiny and only MSA and ERR matter.
+The error text (MSA-3, ERR-8) is never kept: receivers echo patient data there.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Verdict(str, enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class AckOutcome:
+    verdict: Verdict
+    code: str  # MSA-1, or "" when the ACK could not be read
+    error: str  # for last_error / events: codes and our words only, no peer text
+    reconnect: bool = False  # the connection is out of step (wrong or unreadable ACK)
+
+
+_ACCEPT = frozenset({"AA", "CA"})
+_ERROR = frozenset({"AE", "CE"})
+_REJECT = frozenset({"AR", "CR"})
+
+
+def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
+    """Classify the ACK ``payload`` received for the message whose MSH-10 is ``control_id``."""
+    fields = _segments(payload)
+    msa = fields.get("MSA")
+    if msa is None:
+        return AckOutcome(Verdict.RETRY, "", "unreadable ACK (no MSH/MSA)", reconnect=True)
+    code = _field(msa, 1).upper()
+    echoed = _field(msa, 2)
+    err = fields.get("ERR")
+    component = fields["MSH"][0][:1] or "^"  # MSH-2 starts with the component separator
+    code_357 = _field(err, 3).split(component, 1)[0][:20]
+    detail = f" (ERR-3 {code_357})" if code_357 else ""
+    if echoed != control_id:  # not about our message, whatever it says
+        return AckOutcome(Verdict.RETRY, code, f"{code or 'ACK'} for another message "
+                          f"(MSA-2 {echoed[:20]!r} != {control_id})", reconnect=True)
+    if code in _REJECT:
+        return AckOutcome(Verdict.DEAD, code, f"{code}: rejected by the EHR{detail}")
+    if code in _ACCEPT:
+        return AckOutcome(Verdict.DELIVERED, code, "")
+    if code in _ERROR:
+        return AckOutcome(Verdict.RETRY, code, f"{code}: application error at the EHR{detail}")
+    return AckOutcome(Verdict.RETRY, code, f"unknown MSA-1 {code[:8]!r}", reconnect=True)
+
+
+def _segments(payload: bytes) -> dict[str, list[str]]:
+    """First MSA and ERR segments split into fields (index = HL7 field number); "MSH" maps
+    to ``[MSH-2]`` (the encoding characters)."""
+    text = payload.decode("utf-8", errors="replace").replace("\n", "\r")
+    lines = [line.strip() for line in text.split("\r") if line.strip()]
+    if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
+        return {}
+    sep = lines[0][3]
+    found: dict[str, list[str]] = {"MSH": [lines[0][4:].split(sep, 1)[0]]}
+    for line in lines[1:]:
+        name = line[:3]
+        if name in ("MSA", "ERR") and name not in found:
+            found[name] = line.split(sep)
+    return found
+
+
+def _field(fields: list[str] | None, n: int) -> str:
+    return fields[n].strip() if fields is not None and len(fields) > n else ""

@@ -1,0 +1,75 @@
+"""Operator views and actions on the outbound queue (``ecg-gateway outbound list/retry``).
+
+No PHI leaves here: rows are described by ids, control id, state, attempts, the last error
+(codes and our own words only, see ack.py) and the triage category.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ecg_gateway.store.db import db_now
+from ecg_gateway.store.models import Outbound, OutboundState, Result
+from ecg_gateway.store.queue import record_event, requeue
+
+STATES = tuple(s.value for s in OutboundState)
+
+
+def list_outbound(sessions: sessionmaker[Session], state: str | None = None) -> list[dict[str, Any]]:
+    """All outbound rows (or those in ``state``), oldest first."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
+    stmt = (select(Outbound, Result.category).join(Result, Result.id == Outbound.result_id)
+            .order_by(Outbound.id))
+    if state is not None:
+        stmt = stmt.where(Outbound.state == state)
+    with sessions() as s:
+        return [_describe(row, category) for row, category in s.execute(stmt).all()]
+
+
+def _describe(row: Outbound, category: str) -> dict[str, Any]:
+    return {
+        "id": row.id, "result_id": row.result_id, "control_id": row.control_id,
+        "state": row.state, "category": category, "priority": row.priority,
+        "attempts": row.attempts, "max_attempts": row.max_attempts,
+        "last_error": row.last_error, "destination": row.destination,
+        "composed": row.payload is not None, "created_at": _iso(row.created_at),
+        "next_attempt_at": _iso(row.run_after) if row.state == "pending" else None,
+        "delivered_at": _iso(row.delivered_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def retry_outbound(sessions: sessionmaker[Session], ids: list[int] | None = None,
+                   dead: bool = False, actor: str = "cli") -> int:
+    """Send again now; returns how many rows were changed.
+
+    * ``ids`` given: those rows; dead ones get fresh attempts, pending ones lose their backoff.
+    * ``ids`` None and ``dead``: every dead row gets fresh attempts.
+    * ``ids`` None, not ``dead``: every pending row waiting out a backoff is due now.
+
+    Stored payloads are kept, so a resent ORU has the same bytes and MSH-10 as before.
+    Delivered rows are never resent from here.
+    """
+    with sessions.begin() as s:
+        now = db_now(s.get_bind().dialect.name)
+        revived = requeue(s, Outbound, ids) if (ids is not None or dead) else 0
+        hurried = 0
+        if ids is not None or not dead:
+            stmt = update(Outbound).where(Outbound.state == OutboundState.PENDING.value,
+                                          Outbound.run_after > now)
+            if ids is not None:
+                stmt = stmt.where(Outbound.id.in_(ids))
+            done = s.execute(stmt.values(run_after=now)
+                             .execution_options(synchronize_session=False))
+            hurried = cast(CursorResult[Any], done).rowcount
+        record_event(s, "outbound_retry", actor=actor,
+                     detail={"ids": ids, "dead": dead, "requeued": revived, "hurried": hurried})
+    return revived + hurried

@@ -1,0 +1,284 @@
+"""ORU^R01 (HL7 v2.5.1) composer for one triage result: pure, escape-correct, fast.
+
+hl7apy needs tens of milliseconds to build or parse a message, too slow for the acute
+path, so the message is written here as ER7 text with every copied value escaped
+(``| ^ ~ \\ &`` and control characters); tests parse and validate the output with hl7apy
+and unescape it with python-hl7. Segment layout (the interface spec)::
+
+    MSH  ORU^R01^ORU_R01, MSH-10 = the outbound row's control id, MSH-18 UNICODE UTF-8
+    PID  PID-3 patient id, PID-5 name, PID-7 birth date, PID-8 sex (copied from the inbound ECG)
+    PV1  only when a location is known (PV1-2 U, PV1-3 location components)
+    ORC  RE, placer, filler, CM
+    OBR  11524-6^EKG study^LN, OBR-7 acquisition, OBR-18 accession, OBR-22 now, EC, P, OBR-27 priority
+    TQ1  TQ1-9 S (acute) or R
+    OBX  CWE category (local code system 99ECGGW), OBX-8 AA/A/N
+    OBX  NM probability, one per category (omitted when the model did not run)
+    OBX  ST 8601-7^EKG impression^LN
+    NTE  automated triage, preliminary, a physician must confirm
+    OBX  ED 11524-6 PDF of the 12-lead tracing (when attached)
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ecg_gateway.ecg import UNINTERPRETABLE, Demographics, TriageCategory
+from ecg_gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from ecg_gateway.config import OutboundConfig
+    from ecg_gateway.store.models import Message, Result
+
+LOCAL_SYSTEM = "99ECGGW"
+EKG_STUDY = "11524-6^EKG study^LN"
+EKG_IMPRESSION = "8601-7^EKG impression^LN"
+
+#: category -> (display text, OBX-8 abnormal flag, probability OBX-3 code)
+CATEGORIES: dict[str, tuple[str, str, str]] = {
+    TriageCategory.NORMAL.value: ("Normal", "N", "ECGGW-P-NORMAL"),
+    TriageCategory.ABNORMAL_NOT_ACUTE.value: ("Abnormal, not acute", "A", "ECGGW-P-ABNORMAL"),
+    TriageCategory.SUBACUTE.value: ("Subacute", "A", "ECGGW-P-SUBACUTE"),
+    TriageCategory.ACUTE.value: ("Acute", "AA", "ECGGW-P-ACUTE"),
+    UNINTERPRETABLE: ("Uninterpretable (insufficient signal quality)", "", ""),
+}
+_CONTROL_ID = re.compile(r"[A-Za-z0-9._-]{1,20}")
+_HL7_DATE = re.compile(r"\d{4}(?:\d{2}){0,5}")
+_SEXES = frozenset("FMOUAN")
+# HL7 v2 escapes (2.7.4); C0 controls (CR would end the segment, VT/FS the MLLP frame) as \Xhh\.
+_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+_ESCAPES.update({chr(c): f"\\X{c:02X}\\" for c in (*range(0x20), 0x7F)})
+_TABLE = str.maketrans(_ESCAPES)
+
+
+class ComposeError(GatewayError):
+    """The result cannot be expressed as a valid ORU (bad control id, unknown category)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultView:
+    """What the composer needs from a ``results`` row."""
+
+    category: str
+    p_normal: float | None
+    p_abnormal_not_acute: float | None
+    p_subacute: float | None
+    p_acute: float | None
+    model_id: str
+    model_sha256: str
+    quality: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Result) -> ResultView:
+        return cls(category=row.category, p_normal=row.p_normal,
+                   p_abnormal_not_acute=row.p_abnormal_not_acute, p_subacute=row.p_subacute,
+                   p_acute=row.p_acute, model_id=row.model_id, model_sha256=row.model_sha256,
+                   quality=dict(row.quality or {}))
+
+    def probability(self, category: str) -> float | None:
+        value: float | None = getattr(self, f"p_{category}", None)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    """What the composer needs from a ``messages`` row (plus the decoded acquisition time).
+
+    ``patient_name`` and ``location`` are '^'-joined unescaped components; the name is in
+    HL7 XPN order (family^given^middle^suffix^prefix): :meth:`from_row` converts a DICOM
+    PN (…^prefix^suffix). Every other identifier is one value.
+    """
+
+    demographics: Demographics
+    ecg_uid: str | None
+    received_at: datetime
+    acquired_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Message, acquired_at: datetime | None = None) -> MessageView:
+        ids = {k: str(v) for k, v in (row.identifiers or {}).items()
+               if v is not None and k in Demographics.__dataclass_fields__}
+        name = ids.get("patient_name")
+        if name is not None and row.content_type == "application/dicom":
+            ids["patient_name"] = dicom_pn_to_xpn(name)
+        received = row.received_at
+        if received.tzinfo is None:  # SQLite hands back the UTC wall clock without a zone
+            received = received.replace(tzinfo=UTC)
+        return cls(demographics=Demographics(**ids), ecg_uid=row.ecg_uid, received_at=received,
+                   acquired_at=acquired_at)
+
+
+def dicom_pn_to_xpn(name: str) -> str:
+    """DICOM PN (family^given^middle^prefix^suffix, alphabetic group only) -> XPN order."""
+    parts = name.split("=", 1)[0].split("^")
+    if len(parts) >= 4:
+        prefix = parts[3]
+        suffix = parts[4] if len(parts) > 4 else ""
+        parts = [*parts[:3], suffix, prefix]
+    return "^".join(parts).rstrip("^")
+
+
+def escape(value: str | None) -> str:
+    """Escape one value so every HL7 delimiter in it is data."""
+    return value.translate(_TABLE) if value else ""
+
+
+def escape_composite(value: str) -> str:
+    """A '^'-joined composite (patient name, PV1-3 location: the convention both inbound
+    decoders use) keeps its components; everything else in it is escaped as data."""
+    return "^".join(escape(part) for part in value.split("^"))
+
+
+def hl7_ts(value: datetime | None) -> str:
+    """DTM: local wall clock as given, with the offset when the time is zone-aware."""
+    if value is None:
+        return ""
+    return value.strftime("%Y%m%d%H%M%S%z" if value.tzinfo else "%Y%m%d%H%M%S")
+
+
+def is_stat(category: str) -> bool:
+    return category == TriageCategory.ACUTE.value
+
+
+def compose_oru(result: ResultView, message: MessageView, control_id: str,
+                config: OutboundConfig, pdf: bytes | None, now: datetime) -> bytes:
+    """Build the ORU^R01 for ``result`` as UTF-8 ER7 bytes, segments ended by ``\\r``."""
+    if not _CONTROL_ID.fullmatch(control_id):
+        raise ComposeError("control id must be 1-20 characters of [A-Za-z0-9._-]")
+    if result.category not in CATEGORIES:
+        raise ComposeError(f"unknown result category {result.category!r}")
+    observed = hl7_ts(message.acquired_at or message.received_at)
+    demo = message.demographics
+    segments = [_msh(control_id, config, now), _pid(demo)]
+    if demo.location:
+        segments.append(_segment("PV1", "1", "U", escape_composite(demo.location)))
+    segments += _order(demo, observed, result.category, now)
+    segments += _observations(result, message, observed, pdf)
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def _msh(control_id: str, cfg: OutboundConfig, now: datetime) -> str:
+    return (f"MSH|^~\\&|{escape(cfg.sending_application)}|{escape(cfg.sending_facility)}"
+            f"|{escape(cfg.receiving_application)}|{escape(cfg.receiving_facility)}"
+            f"|{hl7_ts(now)}||ORU^R01^ORU_R01|{control_id}|{cfg.processing_id}|2.5.1"
+            "||||||UNICODE UTF-8")
+
+
+def _pid(demo: Demographics) -> str:
+    if not demo.patient_id:
+        raise ComposeError("no patient identifier: the EHR cannot file the result (PID-3)")
+    # XPN-7 "U" (unspecified name type) keeps the required PID-5 honest when no name is known
+    name = escape_composite(demo.patient_name) if demo.patient_name else "^^^^^^U"
+    birth = demo.birth_date if demo.birth_date and _HL7_DATE.fullmatch(demo.birth_date) else ""
+    sex = (demo.sex or "")[:1].upper()
+    sex = sex if not sex or sex in _SEXES else "U"
+    return _segment("PID", "1", "", escape(demo.patient_id), "", name, "", birth, sex)
+
+
+def _segment(name: str, *fields: str) -> str:
+    return "|".join((name, *fields)).rstrip("|")
+
+
+def _order(demo: Demographics, observed: str, category: str, now: datetime) -> list[str]:
+    placer, filler = escape(demo.placer_order), escape(demo.filler_order)
+    priority = "S" if is_stat(category) else "R"
+    obr = [""] * 28
+    obr[1:5] = ["1", placer, filler, EKG_STUDY]
+    obr[7] = observed
+    obr[18] = escape(demo.accession)
+    obr[22] = hl7_ts(now)
+    obr[24:28] = ["EC", "P", "", f"^^^^^{priority}"]
+    tq1 = ["1", *[""] * 7, priority]
+    return [_segment("ORC", "RE", placer, filler, "", "CM"), _segment("OBR", *obr[1:]),
+            _segment("TQ1", *tq1)]
+
+
+def _obx(value_type: str, code: str, value: str, *, units: str = "", flag: str = "",
+         observed: str = "", method: str = "", equipment: str = "") -> str:
+    """OBX-2 onwards (the caller prepends OBX-1); OBX-11 is always P (preliminary)."""
+    fields = [value_type, code, "", value, units, "", flag, "", "", "P",
+              "", "", observed, "", "", method, equipment]
+    return "|".join(fields).rstrip("|")
+
+
+def _observations(result: ResultView, message: MessageView, observed: str,
+                  pdf: bytes | None) -> list[str]:
+    display, flag, _ = CATEGORIES[result.category]
+    model = escape(result.model_id)
+    stamp = {"observed": observed, "method": f"{model}^Automated ECG triage model^{LOCAL_SYSTEM}",
+             "equipment": f"{model}^ECG-GATEWAY^{escape(result.model_sha256[:16])}"}
+    obx = [_obx("CWE", f"ECGGW-CAT^ECG AI triage category^{LOCAL_SYSTEM}",
+                f"{result.category}^{escape(display)}^{LOCAL_SYSTEM}", flag=flag, **stamp)]
+    for category in TriageCategory:
+        p = result.probability(category.value)
+        if p is None:
+            continue  # the quality gate stopped the ECG before the model ran
+        if not 0.0 <= p <= 1.0:  # also catches NaN, which an NM field cannot carry
+            raise ComposeError(f"probability of {category.value} is not in [0, 1]")
+        name, _, code = CATEGORIES[category.value]
+        obx.append(_obx("NM", f"{code}^Probability {name.lower()}^{LOCAL_SYSTEM}",
+                        f"{p:.4f}", units="1^^UCUM", **stamp))
+    obx.append(_obx("ST", EKG_IMPRESSION, escape(impression(result)), flag=flag, **stamp))
+    if pdf is not None:
+        obx.append(_obx("ED", EKG_STUDY, "^application^pdf^Base64^"
+                        + base64.b64encode(pdf).decode("ascii"), observed=observed))
+    segments = [f"OBX|{i}|{body}" for i, body in enumerate(obx, start=1)]
+    uid = f" ECG UID {message.ecg_uid}." if message.ecg_uid else ""
+    note = escape(f"Automated ECG triage by model {result.model_id} (sha256 "
+                  f"{result.model_sha256[:16]}): preliminary result, not a diagnosis; a "
+                  f"physician must review and confirm it.{uid}")
+    # the NTE belongs to the impression OBX (the observation a clinician reads)
+    impression_at = len(obx) - (pdf is not None)
+    segments.insert(impression_at, f"NTE|1|L|{note}")
+    return segments
+
+
+def impression(result: ResultView) -> str:
+    """One line a clinician reads first; states that the result is automated."""
+    if result.category == UNINTERPRETABLE:
+        reasons = quality_reasons(result)
+        why = f": {reasons}" if reasons else ""
+        return (f"ECG UNINTERPRETABLE for automated triage (insufficient signal quality{why}) - "
+                "requires physician review")
+    p = result.probability(result.category)
+    shown = f" (p={p:.2f})" if p is not None else ""
+    label = CATEGORIES[result.category][0].upper()
+    return f"AI triage {label}{shown} - preliminary, requires physician review"
+
+
+def quality_reasons(result: ResultView, limit: int = 6) -> str:
+    """The quality gate's reason codes (e.g. ``lead_off:V1,V2``), as the triage wrote them."""
+    reasons = result.quality.get("reasons")
+    if not isinstance(reasons, list):
+        return ""
+    codes = [str(r) for r in reasons if isinstance(r, str) and r][:limit]
+    return "; ".join(codes)
+
+
+def pdf_header(result: ResultView, message: MessageView) -> str:
+    """Header lines of the rendered tracing: verdict, probabilities, patient, provenance.
+
+    The PDF is a clinical document filed with the patient, so it names the patient as a
+    paper ECG does; it is never logged.
+    """
+    display = CATEGORIES[result.category][0] if result.category in CATEGORIES else result.category
+    verdict = f"AI ECG triage: {display.upper()} - preliminary automated result"
+    lines = [f"{verdict}, a physician must confirm"]
+    probs = [(CATEGORIES[c.value][0].lower(), result.probability(c.value)) for c in TriageCategory]
+    shown = "   ".join(f"p({name}) = {p:.2f}" for name, p in probs if p is not None)
+    reasons = quality_reasons(result)
+    lines.append(shown or "Not classified: signal quality insufficient for automated triage"
+                 + (f" ({reasons})" if reasons else ""))
+    demo = message.demographics
+    name = ", ".join(part for part in (demo.patient_name or "").split("^")[:2] if part)
+    patient = "   ".join(part for part in (
+        name, f"ID {demo.patient_id}" if demo.patient_id else "",
+        f"born {demo.birth_date}" if demo.birth_date else "", demo.sex or "") if part)
+    lines.append(f"Patient: {patient}" if patient else "Patient: unknown")
+    acquired = message.acquired_at or message.received_at
+    lines.append(f"Acquired {acquired:%Y-%m-%d %H:%M:%S}   ECG UID {message.ecg_uid or '-'}   "
+                 f"model {result.model_id} ({result.model_sha256[:12]})")
+    return "\n".join(lines)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the whole test suite. PostgreSQL tests use ECG_TEST_PG_URL
+# (default postgresql+psycopg://postgres@127.0.0.1:5432/test) and skip with a reason if no
+# server answers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ecg_gateway, pytest, wfdb" 2>/dev/null; then
+  scripts/setup.sh dev,train
+fi
+. .venv/bin/activate
+exec python -m pytest -q "$@"

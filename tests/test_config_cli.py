@@ -1,0 +1,108 @@
+"""Configuration and CLI through the real entry point (`python -m ecg_gateway`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ecg_gateway.config import example_yaml, load_config
+from ecg_gateway.errors import ConfigError
+from tests.gateway_proc import REPO, run_cli, write_config
+
+
+def test_example_config_is_generated_from_the_model_and_loads() -> None:
+    assert (REPO / "config.example.yaml").read_text() == example_yaml()
+    config = load_config(REPO / "config.example.yaml")
+    assert config.dicom.port == 11112 and config.outbound.categories == ["acute", "uninterpretable"]
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dicom:\n  port: 104\n")
+    monkeypatch.setenv("ECG_GATEWAY__DICOM__PORT", "0")
+    monkeypatch.setenv("ECG_GATEWAY__DICOM__ALLOWED_CALLING_AE_TITLES", '["CART1"]')
+    config = load_config(path)
+    assert config.dicom.port == 0 and config.dicom.allowed_calling_ae_titles == ["CART1"]
+
+
+def test_acute_can_never_be_removed_from_outbound_categories(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("outbound:\n  categories: [subacute]\n")
+    assert load_config(path).outbound.categories == ["acute", "subacute"]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("dicom:\n  prot: 11112\n", "dicom.prot"),
+    ("dicom:\n  port: 70000\n", "dicom.port"),
+    ("nonsense: {}\n", "nonsense"),
+    ("model:\n  device: tpu\n", "model.device"),
+])
+def test_bad_config_names_the_key_and_exits_78(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path)
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 78
+    assert result.stderr.startswith("ecg-gateway: error:") and key in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_environment_key_exits_78(tmp_path: Path) -> None:
+    result = run_cli("check-config", env={"ECG_GATEWAY__DICOM__PROT": "1"})
+    assert result.returncode == 78 and "ECG_GATEWAY__DICOM__PROT" in result.stderr
+
+
+def test_missing_config_file_exits_78(tmp_path: Path) -> None:
+    result = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 78 and "cannot read config file" in result.stderr
+
+
+def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "sqlite:///x.db", http={"admin_token": "s3cret"})
+    result = run_cli("check-config", "--config", str(config), "--json")
+    assert result.returncode == 0
+    dumped = json.loads(result.stdout)
+    assert dumped["dicom"]["port"] == 0 and dumped["http"]["admin_token"] == "***"
+
+
+def test_db_upgrade_then_status_on_sqlite(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}")
+    assert run_cli("status", "--config", str(config)).returncode == 78  # not migrated yet
+    upgraded = run_cli("db", "upgrade", "--config", str(config))
+    assert upgraded.returncode == 0 and "head" in upgraded.stdout
+    status = run_cli("status", "--config", str(config), "--json")
+    assert status.returncode == 0
+    report = json.loads(status.stdout)
+    assert (report["messages"], report["jobs"], report["results"], report["outbound"]) == (0, {}, {}, {})
+
+
+@pytest.mark.postgres
+def test_serve_refuses_postgres_not_at_head_then_runs_after_upgrade(tmp_path: Path, pg_url: str) -> None:
+    config = write_config(tmp_path / "c.yaml", pg_url, hl7={"enabled": False}, http={"enabled": False})
+    refused = run_cli("serve", "--config", str(config), timeout=60)
+    assert refused.returncode == 78 and "migration head" in refused.stderr
+    assert run_cli("db", "upgrade", "--config", str(config)).returncode == 0
+    assert run_cli("db", "current", "--config", str(config)).returncode == 0
+
+
+def test_unreachable_database_exits_69(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                          hl7={"enabled": False}, http={"enabled": False})
+    result = run_cli("serve", "--config", str(config), timeout=60)
+    assert result.returncode == 69 and "database unavailable" in result.stderr
+
+
+def test_port_in_use_exits_69(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}", dicom={"port": port},
+                              hl7={"enabled": False}, http={"enabled": False})
+        result = run_cli("serve", "--config", str(config), timeout=60)
+    assert result.returncode == 69 and "cannot bind DICOM port" in result.stderr
