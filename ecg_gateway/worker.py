@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 Decoder = Callable[[str, bytes], Ecg]
 OUTBOUND_PRIORITY = {TriageCategory.ACUTE.value: 0, UNINTERPRETABLE: 10}
 DEFAULT_OUTBOUND_PRIORITY = 50
+MAX_FAILURES_HEALTHY = 3  # consecutive failed batches before the worker reports unhealthy
 
 
 @dataclass
@@ -76,13 +77,15 @@ class Worker:
         self._last_error: str | None = None
         self.heartbeat = time.time()
         self.processed = 0
+        self.failures = 0  # consecutive batches that raised (e.g. database unreachable)
 
     # --- health ------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
         stale_after = max(30.0, 3 * self._config.worker.poll_interval_s)
-        return self._triager is not None and time.time() - self.heartbeat < stale_after
+        return (self._triager is not None and self.failures < MAX_FAILURES_HEALTHY
+                and time.time() - self.heartbeat < stale_after)
 
     @property
     def health_detail(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class Worker:
             "device": str(model.device) if model else None,
             "model_error": self._model_error,
             "last_error": self._last_error,
+            "consecutive_failures": self.failures,
             "heartbeat_age_s": round(time.time() - self.heartbeat, 3),
             "processed": self.processed,
             "batch_size": self._batch_size,
@@ -113,10 +117,11 @@ class Worker:
         self._next_load = now + self._model_retry_s
         try:
             model = self._load(self._config.model.path, self._config.model.device)
-        except CheckpointError as exc:
-            if self._model_error != str(exc):
-                log.error("model_unavailable", reason=str(exc), retry_s=self._model_retry_s)
-            self._model_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - CheckpointError, or e.g. a CUDA error on .to()
+            reason = str(exc) if isinstance(exc, CheckpointError) else f"model load failed: {type(exc).__name__}"
+            if self._model_error != reason:
+                log.error("model_unavailable", reason=reason, retry_s=self._model_retry_s)
+            self._model_error = reason
             return False
         self._triager, self._model_error = Triager(model), None
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
@@ -137,18 +142,17 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Claim and process until ``stop`` is set; never exits on an error."""
-        failures = 0
         while not stop.is_set():
             if self._nudge is not None:
                 self._nudge.clear()  # a nudge arriving while we work wakes the next wait
             try:
                 n = self.run_once()
-                failures = 0
+                self.failures = 0
             except Exception as exc:  # noqa: BLE001 - DB down, bugs: log, back off, go on
-                failures += 1
+                self.failures += 1
                 self._last_error = f"{type(exc).__name__}"
-                log.error("worker_batch_failed", error=type(exc).__name__, failures=failures)
-                stop.wait(min(30.0, self._config.worker.poll_interval_s * 2 ** min(failures, 5)))
+                log.error("worker_batch_failed", error=type(exc).__name__, failures=self.failures)
+                stop.wait(min(30.0, self._config.worker.poll_interval_s * 2 ** min(self.failures, 5)))
                 continue
             if n < self._batch_size:
                 self._wait(stop, self._config.worker.poll_interval_s)

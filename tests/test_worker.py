@@ -292,3 +292,29 @@ def test_real_dicom_through_the_real_decoder_and_bundled_model(sessions) -> None
         assert r.category in {"normal", "abnormal_not_acute", "subacute", "acute"}
         assert r.model_id == worker.health_detail["model_id"]
         assert r.quality["model_placeholder"] is worker.health_detail["placeholder"]
+
+
+def test_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'not-yet' / 'gateway.db'}"  # folder missing: every connect fails
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    worker = Worker(sessions, make_config(checkpoint, poll=0.01), decode_npz)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker.failures < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert thread.is_alive() and not worker.healthy
+        assert worker.health_detail["last_error"] == "OperationalError"
+        (tmp_path / "not-yet").mkdir()  # the database comes back
+        upgrade_to_head(url)
+        enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(1)])
+        while count(sessions, Result) == 0 and time.monotonic() < deadline + 10:
+            time.sleep(0.02)
+        assert count(sessions, Result) == 1 and worker.healthy
+    finally:
+        stop.set()
+        thread.join(5)
+        engine.dispose()
