@@ -29,6 +29,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_facts  # noqa: E402
+
 from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
 from ecg_gateway.triage.decide import decide  # noqa: E402
 from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
@@ -136,8 +139,8 @@ def main() -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="random weights of this size instead")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (CUDA runs under autocast)")
     parser.add_argument("--batches", default="1,8,32,128")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--plain", action="store_true", help="run the training graph as is (no CPU rewrite)")
     parser.add_argument("--bf16", action="store_true", help="also measure the bf16 CPU path")
@@ -160,6 +163,7 @@ def main() -> int:
     flops = flops_per_ecg(model.net, leads, length, device)  # the training graph's count
     peak_before = matmul_peak(device, amp, args.seconds, args.repeats, sync)
 
+    print(f"machine: {machine_facts()}, torch {torch.__version__}")
     print(f"model {model.model_id} ({'PLACEHOLDER' if model.placeholder else 'weights as given'}), "
           f"{leads} leads x {length} samples @ {model.contract.fs:g} Hz, device {device}"
           f"{' autocast ' + str(amp).split('.')[-1] if cuda else ''}, threads {torch.get_num_threads()}, "

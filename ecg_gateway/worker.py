@@ -20,14 +20,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import structlog
 import torch
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.config import Config
 from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory
 from ecg_gateway.errors import CheckpointError, GatewayError
+from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
 from ecg_gateway.triage.model import TriageModel, load_model
@@ -38,6 +41,7 @@ log = structlog.get_logger(__name__)
 Decoder = Callable[[str, bytes], Ecg]
 OUTBOUND_PRIORITY = {TriageCategory.ACUTE.value: 0, UNINTERPRETABLE: 10}
 DEFAULT_OUTBOUND_PRIORITY = 50
+MAX_FAILURES_HEALTHY = 3  # consecutive failed batches before the worker reports unhealthy
 
 
 @dataclass
@@ -49,6 +53,7 @@ class _Item:
     ecg: Ecg | None = None
     outcome: TriageOutcome | None = None
     error: str | None = None
+    committed: bool = False
 
 
 class Worker:
@@ -72,13 +77,15 @@ class Worker:
         self._last_error: str | None = None
         self.heartbeat = time.time()
         self.processed = 0
+        self.failures = 0  # consecutive batches that raised (e.g. database unreachable)
 
     # --- health ------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
         stale_after = max(30.0, 3 * self._config.worker.poll_interval_s)
-        return self._triager is not None and time.time() - self.heartbeat < stale_after
+        return (self._triager is not None and self.failures < MAX_FAILURES_HEALTHY
+                and time.time() - self.heartbeat < stale_after)
 
     @property
     def health_detail(self) -> dict[str, Any]:
@@ -92,6 +99,7 @@ class Worker:
             "device": str(model.device) if model else None,
             "model_error": self._model_error,
             "last_error": self._last_error,
+            "consecutive_failures": self.failures,
             "heartbeat_age_s": round(time.time() - self.heartbeat, 3),
             "processed": self.processed,
             "batch_size": self._batch_size,
@@ -109,12 +117,23 @@ class Worker:
         self._next_load = now + self._model_retry_s
         try:
             model = self._load(self._config.model.path, self._config.model.device)
-        except CheckpointError as exc:
-            if self._model_error != str(exc):
-                log.error("model_unavailable", reason=str(exc), retry_s=self._model_retry_s)
-            self._model_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - CheckpointError, or e.g. a CUDA error on .to()
+            reason = str(exc) if isinstance(exc, CheckpointError) else f"model load failed: {type(exc).__name__}"
+            if self._model_error != reason:
+                log.error("model_unavailable", reason=reason, retry_s=self._model_retry_s)
+            self._model_error = reason
             return False
         self._triager, self._model_error = Triager(model), None
+        detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
+                  "device": str(model.device), "fs": model.contract.fs, "length": model.contract.length,
+                  "leads": list(model.contract.leads)}
+        MODEL_INFO.info({k: str(v) for k, v in detail.items() if k in ("model_id", "sha256", "placeholder",
+                                                                       "device")})
+        try:
+            with self._sessions.begin() as session:  # `ecg-gateway status` reads this event
+                record_event(session, "model_loaded", actor="worker", detail=detail)
+        except SQLAlchemyError as exc:
+            log.warning("model_event_not_recorded", error=type(exc).__name__)
         log.info("worker_model_ready", model_id=model.model_id, sha256=model.sha256,
                  device=str(model.device), placeholder=model.placeholder)
         return True
@@ -123,18 +142,17 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         """Claim and process until ``stop`` is set; never exits on an error."""
-        failures = 0
         while not stop.is_set():
             if self._nudge is not None:
                 self._nudge.clear()  # a nudge arriving while we work wakes the next wait
             try:
                 n = self.run_once()
-                failures = 0
+                self.failures = 0
             except Exception as exc:  # noqa: BLE001 - DB down, bugs: log, back off, go on
-                failures += 1
+                self.failures += 1
                 self._last_error = f"{type(exc).__name__}"
-                log.error("worker_batch_failed", error=type(exc).__name__, failures=failures)
-                stop.wait(min(30.0, self._config.worker.poll_interval_s * 2 ** min(failures, 5)))
+                log.error("worker_batch_failed", error=type(exc).__name__, failures=self.failures)
+                stop.wait(min(30.0, self._config.worker.poll_interval_s * 2 ** min(self.failures, 5)))
                 continue
             if n < self._batch_size:
                 self._wait(stop, self._config.worker.poll_interval_s)
@@ -196,8 +214,11 @@ class Worker:
         if not items:
             return
         assert self._triager is not None
+        started = time.perf_counter()
         try:
             outcomes = self._triager.triage([i.ecg for i in items])  # type: ignore[misc]
+            INFERENCE_SECONDS.observe(time.perf_counter() - started)
+            BATCH_SIZE.observe(len(items))
         except Exception as exc:  # noqa: BLE001 - OOM or a runtime error in the model
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -235,10 +256,14 @@ class Worker:
                     lost += 1
                     continue
                 self._write_result(session, item, latency_ms)
+                item.committed = True
                 done += 1
         self.processed += done
-        if failed and not done and self._all_model_failures(items):
-            self._drop_model("every ECG of the batch failed in the model")
+        for item in items:
+            if item.outcome is not None and item.committed:
+                TRIAGED.labels(category=item.outcome.category).inc()
+        if failed and not done and self._all_model_failures(items) and not self._model_selftest():
+            self._drop_model("the model fails even on a blank input")
         log.info("batch_committed", done=done, failed=failed, lease_lost=lost,
                  latency_ms=round(latency_ms, 1))
 
@@ -258,7 +283,8 @@ class Worker:
             message_id=item.job.ref_id, job_id=item.job.id, category=outcome.category,
             p_normal=probs.get("normal"), p_abnormal_not_acute=probs.get("abnormal_not_acute"),
             p_subacute=probs.get("subacute"), p_acute=probs.get("acute"),
-            quality=outcome.quality.to_json(), model_id=outcome.model_id,
+            quality={**outcome.quality.to_json(), "model_placeholder": outcome.placeholder},
+            model_id=outcome.model_id,
             model_sha256=outcome.model_sha256, latency_ms=latency_ms,
         )
         session.add(result)
@@ -286,6 +312,16 @@ class Worker:
     @staticmethod
     def _all_model_failures(items: list[_Item]) -> bool:
         return all(i.error and i.error.startswith("model failed") for i in items if i.outcome is None)
+
+    def _model_selftest(self) -> bool:
+        """Can the model still run at all? (Else the batch was poison, not the model.)"""
+        assert self._triager is not None
+        model = self._triager.model
+        try:
+            model.predict(np.zeros((1, len(model.contract.leads), model.contract.length), np.float32))
+        except Exception:  # noqa: BLE001 - any failure here means the model is unusable
+            return False
+        return True
 
     def _drop_model(self, reason: str) -> None:
         """A model that fails on everything is unusable: reload it (unhealthy meanwhile)."""

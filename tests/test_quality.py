@@ -109,3 +109,8 @@ def test_derived_leads_and_json(clean: Ecg) -> None:
     doc = report.to_json()
     assert doc["ok"] is True and doc["reasons"] == []
     assert all(isinstance(v, float) for v in doc["metrics"].values())  # type: ignore[union-attr]
+
+
+def test_impossible_sampling_rate(clean: Ecg) -> None:
+    report = assess(replace(clean, fs=0.0))
+    assert not report.ok and report.reasons == ("bad_sampling_rate",)

@@ -77,6 +77,10 @@ def test_batch_is_triaged_and_committed(sessions, checkpoint: Path) -> None:
         events = s.scalars(select(Event.kind).where(Event.kind == "triaged")).all()
     assert sorted(results) == sorted(jobs) and all(j.state == "done" for j in jobs.values())
     assert len(events) == 8
+    with sessions() as s:
+        loaded = s.scalars(select(Event.detail).where(Event.kind == "model_loaded")).all()
+    assert [(d["model_id"], d["placeholder"]) for d in loaded] == [("tiny-test", False)]
+    assert all(r.quality["model_placeholder"] is False for r in results.values())
     by_msg = {r.message_id: r for r in results.values()}
     expected_reasons = {6: ["flat_line"], 7: ["lead_off:V2"], 8: ["clipping:II"]}
     for msg_id, reasons in expected_reasons.items():
@@ -183,7 +187,7 @@ def test_model_that_always_fails_completes_nothing(sessions, checkpoint: Path) -
     assert worker.run_once() == 4
     assert count(sessions, Result) == 0 and count(sessions, Job, Job.state == "done") == 0
     assert count(sessions, Job, Job.state == "queued") == 4
-    assert not worker.healthy and "failed in the model" in worker.health_detail["model_error"]
+    assert not worker.healthy and "blank input" in worker.health_detail["model_error"]
     assert worker.run_once() == 0  # stopped claiming until the model reloads
 
 
@@ -264,4 +268,53 @@ def test_three_worker_processes_write_each_result_once(pg_url: str, tmp_path: Pa
                 select(func.count()).select_from(Result).where(Result.category.in_(["acute", UNINTERPRETABLE])))
         assert sum(done) == 300 and all(n > 0 for n in done), done
     finally:
+        engine.dispose()
+
+
+def test_real_dicom_through_the_real_decoder_and_bundled_model(sessions) -> None:
+    from ecg_gateway.inbound.decode import DICOM, decode_message
+    from tests.conftest import shared_data
+
+    files = ["pydicom_waveform_ecg.dcm", "ecgtoolkit_Example.dcm", "dcm-waveform_test_ecg.dcm"]
+    ingestor = Ingestor(sessions)
+    for i, name in enumerate(files):
+        raw = shared_data("dicom-ecg", name).read_bytes()
+        ingestor.accept(InboundMessage(source="dicom", idempotency_key=f"dicom:{i}", raw=raw, content_type=DICOM,
+                                       peer="CART1", ecg_uid=f"1.2.3.{i}", identifiers={}))
+    config = Config(model=ModelConfig(device="cpu", batch_size=8))  # model.path unset: bundled default
+    worker = Worker(sessions, config, decode_message)
+    assert worker.run_once() == 3
+    with sessions() as s:
+        results = s.scalars(select(Result).order_by(Result.id)).all()
+    assert len(results) == 3
+    for r in results:
+        assert r.quality["ok"] is True, r.quality["reasons"]
+        assert r.category in {"normal", "abnormal_not_acute", "subacute", "acute"}
+        assert r.model_id == worker.health_detail["model_id"]
+        assert r.quality["model_placeholder"] is worker.health_detail["placeholder"]
+
+
+def test_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'not-yet' / 'gateway.db'}"  # folder missing: every connect fails
+    engine = make_engine(url)
+    sessions = make_session_factory(engine)
+    worker = Worker(sessions, make_config(checkpoint, poll=0.01), decode_npz)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while worker.failures < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert thread.is_alive() and not worker.healthy
+        assert worker.health_detail["last_error"] == "OperationalError"
+        (tmp_path / "not-yet").mkdir()  # the database comes back
+        upgrade_to_head(url)
+        enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(1)])
+        while count(sessions, Result) == 0 and time.monotonic() < deadline + 10:
+            time.sleep(0.02)
+        assert count(sessions, Result) == 1 and worker.healthy
+    finally:
+        stop.set()
+        thread.join(5)
         engine.dispose()

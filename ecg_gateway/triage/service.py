@@ -53,10 +53,11 @@ class Triager:
         report = assess(ecg, leads=self.model.contract.leads)
         try:
             return report, preprocess(ecg, self.model.contract)
-        except InvalidEcgError as exc:
+        except (InvalidEcgError, ValueError) as exc:
             # the gate reports missing leads already; anything else is named here
             if report.ok:
-                report = replace(report, ok=False, reasons=(f"unusable:{exc.field or 'signal'}",))
+                field = getattr(exc, "field", None) or "signal"
+                report = replace(report, ok=False, reasons=(f"unusable:{field}",))
             return report, None
 
     def triage(self, ecgs: list[Ecg]) -> list[TriageOutcome]:
