@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         from ecg_gateway.logs import configure_logging
 
-        configure_logging(config.logging.level, config.logging.json_output)
+        configure_logging(config.logging.level, config.logging.json_output,
+                          stream=sys.stdout if args.command == "serve" else sys.stderr)
         return int(args.func(args, config))
     except ConfigError as exc:
         return _fail(str(exc), EX_CONFIG)

@@ -62,8 +62,11 @@ class Worker:
     def __init__(self, sessions: sessionmaker[Session], config: Config, decode: Decoder,
                  nudge: threading.Event | None = None, *,
                  load: Callable[[str | None, str], TriageModel] = load_model,
-                 model_retry_s: float = 10.0, retry_delay_s: float = 5.0) -> None:
+                 model_retry_s: float = 10.0, retry_delay_s: float = 5.0,
+                 on_results: Callable[[], None] | None = None) -> None:
+        """``on_results`` runs after each commit that wrote results (wakes the sender)."""
         self._sessions = sessions
+        self._on_results = on_results or (lambda: None)
         self._config = config
         self._decode = decode
         self._nudge = nudge
@@ -259,6 +262,8 @@ class Worker:
                 item.committed = True
                 done += 1
         self.processed += done
+        if done:
+            self._on_results()
         for item in items:
             if item.outcome is not None and item.committed:
                 TRIAGED.labels(category=item.outcome.category).inc()
