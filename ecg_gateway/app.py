@@ -101,6 +101,11 @@ class Gateway:
             await self._start_hl7()
         if self.config.http.enabled:
             self._start_ops()
+        if self.wants("worker"):  # one purge per deployment's worker; purges are idempotent
+            from ecg_gateway.housekeeping import Housekeeping
+
+            self.housekeeping = Housekeeping(self.sessions, self.config.retention)
+            self.housekeeping.start()
 
     async def _start_hl7(self) -> None:
         from ecg_gateway.inbound.hl7_receiver import Hl7Receiver, start_hl7_listener
@@ -142,10 +147,13 @@ class Gateway:
     def _start_ops(self) -> None:
         from ecg_gateway.metrics import REGISTRY
         from ecg_gateway.ops import QueueCollector, ops_app, start_ops_server
+        from ecg_gateway.web import admin_routes
 
         REGISTRY.register(QueueCollector(self.sessions))
+        routes = admin_routes(self.sessions, self.config.http.admin_token, self.health)
         try:
-            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port, ops_app(self.health))
+            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port,
+                                                ops_app(self.health, extra_routes=routes))
         except OSError as exc:
             raise StartupError(f"cannot bind HTTP port {self.config.http.port}: {exc.strerror}",
                                EX_UNAVAILABLE) from exc
@@ -198,6 +206,8 @@ class Gateway:
         self._stopping.set()
 
     async def _stop(self) -> None:
+        if hasattr(self, "housekeeping"):
+            self.housekeeping.stop()
         if self._dicom_server is not None:
             await asyncio.to_thread(_drain_dicom, self._dicom_server, DRAIN_TIMEOUT_S)
         if self._hl7_server is not None:

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     outbound.add_argument("--state", help="list: only rows in this state (pending, sending, delivered, dead)")
     outbound.add_argument("--dead", action="store_true", help="retry: every dead row")
     outbound.add_argument("--json", action="store_true")
+    from ecg_gateway.cli_admin import register as register_admin
+
+    register_admin(sub, add)  # jobs, replay, purge, send-dicom, send-hl7
     return parser
 
 
@@ -125,12 +128,15 @@ def _sessions(config: Config) -> Any:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    from ecg_gateway.store.overview import destinations, last_delivery_errors
     from ecg_gateway.store.stats import last_errors, last_model, status_counts
 
     with _sessions(config)() as session:
         report = status_counts(session)
         report["model"] = last_model(session)
         report["last_errors"] = last_errors(session)
+        report["destinations"] = destinations(session)
+        report["last_delivery_errors"] = last_delivery_errors(session)
     report["delivery"] = (f"{config.outbound.host}:{config.outbound.port}" if config.outbound.host
                           else "disabled: no outbound.host configured, results are kept, nothing is delivered")
     if args.json:
@@ -143,8 +149,13 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     model = report["model"]
     print(f"model: {model.get('model_id')} sha256={model.get('sha256', '')[:16]}" if model else "model: not loaded yet")
     print(f"delivery: {report['delivery']}")
+    for dest, counts in sorted(report["destinations"].items()):
+        print(f"destination {dest}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     for err in report["last_errors"]:
         print(f"last error: job {err['job_id']} ({err['state']}): {err['error']}")
+    for err in report["last_delivery_errors"]:
+        print(f"last delivery error: outbound {err['outbound_id']} ({err['state']}, "
+              f"{err['attempts']} attempts): {err['error']}")
     return EX_OK
 
 

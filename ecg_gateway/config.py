@@ -103,6 +103,14 @@ class WorkerConfig(Section):
     max_attempts: int = Field(3, ge=1)
 
 
+class RetentionConfig(Section):
+    days: int | None = Field(None, ge=1, description=(
+        "daily purge of messages (raw bytes) and their jobs/results/outbound rows older than this "
+        "many days, once finished; null = keep forever; events are kept"))
+    run_at: str = Field("03:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                        description="local time (HH:MM) of the daily purge")
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_output: bool | None = Field(None, description="null = JSON when stdout is not a TTY")
@@ -123,6 +131,7 @@ class Config(BaseSettings):
     outbound: OutboundConfig = OutboundConfig()
     model: ModelConfig = ModelConfig()
     worker: WorkerConfig = WorkerConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @classmethod

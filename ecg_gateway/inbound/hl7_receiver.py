@@ -34,6 +34,7 @@ from ecg_gateway.inbound.hl7_tokens import (
     parse_header,
     split_segments,
 )
+from ecg_gateway.metrics import HL7_ACKS
 from ecg_gateway.mllp import FrameTooLarge, serve_mllp
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 
@@ -140,22 +141,20 @@ class Hl7Receiver:
     # --- answering ------------------------------------------------------------------------
 
     def respond(self, outcome: Outcome) -> list[bytes] | None:
-        """Original mode: one ACK. Enhanced mode: accept and/or application ACK per MSH-15/16."""
+        """Original mode: one ACK. Enhanced mode: accept and/or application ACK per MSH-15/16.
+
+        Every ACK built here is sent, so each is counted (metric label: the code only)."""
         header = outcome.header
-        if header is None or not header.enhanced_mode:
-            return [self._encode(build_ack(outcome.code, header, text=outcome.text,
-                                           error=outcome.error, application=self._application),
-                                 header)]
+        codes = [outcome.code]
+        if header is not None and header.enhanced_mode:
+            accept_code = {"AA": "CA", "AE": "CE", "AR": "CR"}[outcome.code]
+            codes = ([accept_code] if _wanted(header.accept_ack_type or "AL", outcome.code) else []) + \
+                ([outcome.code] if _wanted(header.application_ack_type or "NE", outcome.code) else [])
         acks: list[bytes] = []
-        accept_code = {"AA": "CA", "AE": "CE", "AR": "CR"}[outcome.code]
-        if _wanted(header.accept_ack_type or "AL", outcome.code):
-            acks.append(self._encode(build_ack(accept_code, header, text=outcome.text,
-                                               error=outcome.error, application=self._application),
-                                     header))
-        if _wanted(header.application_ack_type or "NE", outcome.code):
-            acks.append(self._encode(build_ack(outcome.code, header, text=outcome.text,
-                                               error=outcome.error, application=self._application),
-                                     header))
+        for code in codes:
+            acks.append(self._encode(build_ack(code, header, text=outcome.text, error=outcome.error,
+                                               application=self._application), header))
+            HL7_ACKS.labels(code=code).inc()
         return acks or None
 
     @staticmethod

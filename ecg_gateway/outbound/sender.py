@@ -29,7 +29,8 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.config import Config
-from ecg_gateway.ecg import Ecg
+from ecg_gateway.ecg import Ecg, TriageCategory
+from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES
 from ecg_gateway.mllp import MllpClient, MllpError
 from ecg_gateway.outbound.ack import AckOutcome, Verdict, judge_ack
 from ecg_gateway.outbound.oru import (
@@ -253,10 +254,13 @@ class Sender:
     def _finish(self, work: _Work, outcome: AckOutcome) -> None:
         fields = {"outbound_id": work.id, "control_id": work.control_id,
                   "attempt": work.attempt, "category": work.category}
+        e2e_s = None
         with self._sessions.begin() as s:
             if outcome.verdict is Verdict.DELIVERED:
                 self._mark_delivered(s, work.id)
                 kind = "delivered"
+                if work.category == TriageCategory.ACUTE.value:
+                    e2e_s = _received_to_delivered_s(s, work.id)
                 log.info("outbound_delivered", ack=outcome.code, **fields)
             elif outcome.verdict is Verdict.DEAD:
                 dead_letter(s, Outbound, work.id, outcome.error)
@@ -275,6 +279,9 @@ class Sender:
         if kind == "dead":  # an undelivered result needs a human: this is the alert
             log.error("outbound_dead", error=outcome.error, **fields)
         self.stats[kind] += 1
+        DELIVERIES.labels(outcome=kind).inc()
+        if e2e_s is not None:
+            ACUTE_E2E_SECONDS.observe(e2e_s)
 
     def _mark_delivered(self, s: Session, row_id: int) -> None:
         now = db_now(s.get_bind().dialect.name)
@@ -287,6 +294,17 @@ class Sender:
                   .values(state=OutboundState.DELIVERED.value, lease_until=None,
                           delivered_at=now)
                   .execution_options(synchronize_session=False))
+
+
+def _received_to_delivered_s(s: Session, row_id: int) -> float | None:
+    """Seconds from the inbound commit to the EHR's ACK, both on the database clock."""
+    row = s.execute(select(Message.received_at, Outbound.delivered_at)
+                    .join(Result, Result.message_id == Message.id)
+                    .join(Outbound, Outbound.result_id == Result.id)
+                    .where(Outbound.id == row_id)).one_or_none()
+    if row is None or row.received_at is None or row.delivered_at is None:
+        return None
+    return max(0.0, (row.delivered_at - row.received_at).total_seconds())
 
 
 def _warm_up_renderer() -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.errors import StoreUnavailableError
 from ecg_gateway.metrics import ECGS_RECEIVED
+from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Job, Message
 from ecg_gateway.store.queue import record_event
 
@@ -93,9 +94,12 @@ class Ingestor:
 
     def _insert(self, msg: InboundMessage, digest: str) -> IngestResult:
         with self._sessions.begin() as session:
+            # received_at from the database clock with milliseconds (SQLite's CURRENT_TIMESTAMP
+            # default has whole seconds): the acute end-to-end latency is measured from it
             row = Message(source=msg.source, idempotency_key=msg.idempotency_key, sha256=digest,
                           content_type=msg.content_type, raw=msg.raw, peer=msg.peer,
-                          ecg_uid=msg.ecg_uid, identifiers=msg.identifiers)
+                          ecg_uid=msg.ecg_uid, identifiers=msg.identifiers,
+                          received_at=db_now(session.get_bind().dialect.name))
             session.add(row)
             session.flush()
             job = Job(kind="triage", message_id=row.id, priority=msg.priority,
