@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ecg_gateway.cli import EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError, Command, _sessions
 from ecg_gateway.config import Config
@@ -155,7 +155,6 @@ def cmd_send_dicom(args: argparse.Namespace, config: Config) -> int:
         _print(args, answer, line)
         return EX_OK
     _fail_with(args, answer, line, EX_UNAVAILABLE if answer["status"].startswith("0xA7") else EX_DATAERR)
-    return EX_DATAERR  # not reached
 
 
 def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:
@@ -183,10 +182,9 @@ def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:
         return EX_OK
     _fail_with(args, answer, f"{host}:{port} answered {line}",
                EX_UNAVAILABLE if answer["error_code"] == "207" else EX_DATAERR)
-    return EX_DATAERR  # not reached
 
 
-def _fail_with(args: argparse.Namespace, answer: dict[str, Any], line: str, code: int) -> None:
+def _fail_with(args: argparse.Namespace, answer: dict[str, Any], line: str, code: int) -> NoReturn:
     """A refusal: the answer as JSON on stdout (with --json), the one-line error on stderr."""
     if args.json:
         print(json.dumps(answer, sort_keys=True))

@@ -105,7 +105,9 @@ class AdminPage:
                      [[o["id"], o["result_id"], o["control_id"], o["category"], o["attempts"],
                        o["last_error"], o["updated_at"], _button(f"outbound:{o['id']}", disabled)]
                       for o in dead["outbound"]], "dead-outbound")
-        return (f"<h2>Dead letters</h2><form method=post action=/retry>{note}"
+        total = len(dead["jobs"]) + len(dead["outbound"])
+        return (f"<h2 id=dead-title class={'bad' if total else 'ok'}>Dead letters: {total}</h2>"
+                f"<form method=post action=/retry>{note}"
                 f"<h3>Triage jobs ({len(dead['jobs'])})</h3>{jobs}"
                 f"<h3>ORU deliveries ({len(dead['outbound'])})</h3>{oru}</form>")
 
