@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
-from ecg_gateway.store.models import Event, Job, Message
+from ecg_gateway.store.models import Event, Job, Message, Outbound
 from tests.admin_rows import CANARY, add_ecg
 from tests.conftest import shared_data
 from tests.dicom_builders import ecg_dataset
@@ -64,6 +64,22 @@ def test_jobs_list_and_requeue(admin_db) -> None:  # type: ignore[no-untyped-def
         assert s.get_one(Job, dead["job"]).state == "queued"
         event = s.scalars(select(Event).where(Event.kind == "admin_jobs_requeue")).first()
         assert event is not None and event.actor == "cli" and event.detail["ids"] == [dead["job"]]
+
+
+def test_outbound_list_and_retry(admin_db) -> None:  # type: ignore[no-untyped-def]
+    config, sessions = admin_db
+    c = ("--config", str(config))
+    dead = add_ecg(sessions, outbound_state="dead")
+    add_ecg(sessions)
+    (row,) = json.loads(_ok("outbound", "list", "--state", "dead", "--json", *c))
+    assert (row["id"], row["state"], row["category"], row["last_error"]) == (
+        dead["outbound"], "dead", "acute", "AR from the EHR")
+    assert _ok("outbound", "list", *c).strip().endswith("2 row(s)")
+    _fails(2, "outbound", "list", "--state", "lost", *c, match="unknown state 'lost'")
+    _fails(2, "outbound", "retry", *c, match="needs IDs or --dead")
+    assert json.loads(_ok("outbound", "retry", "--dead", "--json", *c)) == {"requeued": 1}
+    with sessions() as s:
+        assert s.get_one(Outbound, dead["outbound"]).state == "pending"
 
 
 def test_replay_and_purge(admin_db) -> None:  # type: ignore[no-untyped-def]

@@ -106,8 +106,12 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
 def test_metrics_are_consistent_with_the_traffic(daemon: Daemon, ehr: Ehr) -> None:
     assert _store(daemon.proc.ports["dicom"], ecg_dataset()) == 0x0000
     samples, leads, fs = ptbxl_record(shared_data("ptbxl", "records100", "00000", "00001_lr.hea").with_suffix(""))
-    assert _msa(_send_all(daemon.proc.ports["hl7"], [waveform_oru(samples, leads, fs, control_id="OPS-1")])[0])[1] \
-        == "AA"
+    oru = waveform_oru(samples, leads, fs, control_id="OPS-1")
+    adt = oru.replace(b"ORU^R01^ORU_R01|OPS-1", b"ADT^A01^ADT_A01|OPS-2")
+    assert [_msa(a)[1] for a in _send_all(daemon.proc.ports["hl7"], [oru, adt])] == ["AA", "AR"]
+    broken = ecg_dataset()
+    broken.WaveformSequence[0].NumberOfWaveformChannels = 13
+    assert _store(daemon.proc.ports["dicom"], broken) == 0xA900
     assert len(ehr.peer.wait_for(2, timeout=30)) == 2
     m = daemon.wait("both deliveries counted", lambda: (
         s if metric(s := scrape(daemon.base), "ecg_gateway_oru_deliveries_total", outcome="delivered") == 2
@@ -116,8 +120,11 @@ def test_metrics_are_consistent_with_the_traffic(daemon: Daemon, ehr: Ehr) -> No
     assert len(results) == 2
     for source in ("dicom", "hl7"):
         assert metric(m, "ecg_gateway_ecgs_received_total", source=source, outcome="stored") == 1
+        assert metric(m, "ecg_gateway_ecgs_received_total", source=source, outcome="rejected") == 1
     assert metric(m, "ecg_gateway_dicom_statuses_total", status="0x0000") == 1
+    assert metric(m, "ecg_gateway_dicom_statuses_total", status="0xA900") == 1
     assert metric(m, "ecg_gateway_hl7_acks_total", code="AA") == 1
+    assert metric(m, "ecg_gateway_hl7_acks_total", code="AR") == 1
     for category in {r.category for r in results}:
         assert metric(m, "ecg_gateway_triaged_total", category=category) == \
             sum(r.category == category for r in results)

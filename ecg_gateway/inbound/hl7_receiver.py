@@ -34,7 +34,7 @@ from ecg_gateway.inbound.hl7_tokens import (
     parse_header,
     split_segments,
 )
-from ecg_gateway.metrics import HL7_ACKS
+from ecg_gateway.metrics import ECGS_RECEIVED, HL7_ACKS
 from ecg_gateway.mllp import FrameTooLarge, serve_mllp
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 
@@ -144,6 +144,8 @@ class Hl7Receiver:
         """Original mode: one ACK. Enhanced mode: accept and/or application ACK per MSH-15/16.
 
         Every ACK built here is sent, so each is counted (metric label: the code only)."""
+        if outcome.code != "AA":  # stored messages are counted by the Ingestor
+            ECGS_RECEIVED.labels(source="hl7", outcome="rejected").inc()
         header = outcome.header
         codes = [outcome.code]
         if header is not None and header.enhanced_mode:
