@@ -22,14 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from ecg_gateway.config import OutboundConfig, example_yaml  # noqa: E402
-from ecg_gateway.ecg import Demographics  # noqa: E402
-from ecg_gateway.inbound.hl7 import decode_hl7, parse_message  # noqa: E402
-from ecg_gateway.inbound.hl7_ack import build_ack  # noqa: E402
-from ecg_gateway.inbound.hl7_receiver import Hl7Receiver  # noqa: E402
-from ecg_gateway.outbound.oru import MessageView, ResultView, compose_oru  # noqa: E402
-from ecg_gateway.store.db import make_engine, make_session_factory  # noqa: E402
-from ecg_gateway.store.ingest import Ingestor  # noqa: E402
+from ecg_gateway.config import OutboundConfig, example_yaml
+from ecg_gateway.ecg import Demographics
+from ecg_gateway.inbound.hl7 import decode_hl7, parse_message
+from ecg_gateway.inbound.hl7_ack import build_ack
+from ecg_gateway.inbound.hl7_receiver import Hl7Receiver
+from ecg_gateway.outbound.oru import MessageView, ResultView, compose_oru
+from ecg_gateway.store.db import make_engine, make_session_factory
+from ecg_gateway.store.ingest import Ingestor
 
 DOCS = ROOT / "docs"
 ACK_TIME = datetime(2025, 1, 1, 11, 58, 21, tzinfo=UTC)
@@ -53,8 +53,8 @@ def inbound_oru(*, number: str | None = None, message_type: str = "ORU^R01^ORU_R
         rows[1][2] = number
     ma = "~".join("^".join(row) for row in rows)
     segments = [
-        f"MSH|^~\\&|CART|CARDIOLOGY|ECG-GATEWAY|HOSP|20250101115820||{message_type}|CART-000123|P|2.5.1"
-        "||||||UNICODE UTF-8",
+        (f"MSH|^~\\&|CART|CARDIOLOGY|ECG-GATEWAY|HOSP|20250101115820||{message_type}|CART-000123"
+         "|P|2.5.1||||||UNICODE UTF-8"),
         "PID|1||TEST-0001^^^HOSP^MR||TEST^PATIENT||19700101|F",
         "PV1|1|O|CARDIO^101^1^HOSP",
         "ORC|RE|PLC-0001|FIL-0001||CM",

@@ -59,8 +59,8 @@ def table(text: str, name: str) -> list[dict[str, str]]:
     marker = f"<!-- checked: {name} -->"
     assert text.count(marker) == 1, f"table {name!r} missing or duplicated"
     lines = text.split(marker, 1)[1].strip().splitlines()
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in lines[: next((i for i, ln in enumerate(lines) if not ln.startswith("|")), len(lines))]]
+    end = next((i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[:end]]
     header, _, *body = rows
     assert body, f"table {name!r} has no rows"
     return [dict(zip(header, row, strict=True)) for row in body]
@@ -186,7 +186,8 @@ def test_waveform_limit_table_is_the_decoder_limits() -> None:
     for r in rows:
         lim = by_name[r["SOP Class"]]
         low, high = (float(x) for x in r["Sampling frequency (Hz)"].split("–"))
-        kinds = {(int(k.split()[0]), k.split()[1]) for k in r["Bits allocated / sample interpretation"].split(", ")}
+        kinds = {(int(k.split()[0]), k.split()[1])
+                 for k in r["Bits allocated / sample interpretation"].split(", ")}
         assert (int(r["Max channels per group"]), int(r["Max samples per channel"]), (low, high), kinds) == \
             (lim.max_channels, lim.max_samples, lim.sampling_hz, set(lim.sample_kinds))
 
@@ -210,7 +211,8 @@ def test_implementation_identity_is_pynetdicoms() -> None:
 def test_association_rejections_happen_as_documented() -> None:
     """A real SCP on loopback: unknown calling AE -> (1,1,3); over the limit -> (2,3,2)."""
     rows = table(doc("dicom-conformance.md"), "association-rejections")
-    documented = {tuple(int(r[k].split()[0]) for k in ("Result", "Source", "Reason / diagnosis")) for r in rows}
+    columns = ("Result", "Source", "Reason / diagnosis")
+    documented = {tuple(int(r[k].split()[0]) for k in columns) for r in rows}
     config = DicomConfig(port=0, allowed_calling_ae_titles=["CART1"], max_associations=1)
     server = dicom_scp.start_dicom_server(config, Ingestor(make_session_factory(make_engine("sqlite://"))))
     port = server.server_address[1]
@@ -292,10 +294,11 @@ def test_ack_rules_table_lists_exactly_the_codes_the_receiver_emits(tmp_path: Pa
     receiver = Hl7Receiver(Ingestor(make_session_factory(make_engine("sqlite://"))))
     cases = _cases()
     missing = tmp_path / "no-such-dir" / "x.db"  # the database cannot be opened: a real failure
+    down = Hl7Receiver(Ingestor(make_session_factory(make_engine(f"sqlite:///{missing}"))))
     cases[("AR", 207)] = gen.inbound_oru()
     answered = set()
     for (ack, code), payload in cases.items():
-        rx = receiver if code != 207 else Hl7Receiver(Ingestor(make_session_factory(make_engine(f"sqlite:///{missing}"))))
+        rx = down if code == 207 else receiver
         outcome = rx.process(payload, peer="test")
         assert outcome.error is not None, (ack, code)
         answered.add((outcome.code, outcome.error.code))
@@ -310,7 +313,8 @@ def test_err_code_table_is_table_0357_for_the_codes_used() -> None:
 
 def test_enhanced_mode_codes() -> None:
     rows = table(doc("hl7-interface.md"), "accept-codes")
-    assert {r["Application ACK (MSA-1)"]: r["Accept ACK (MSA-1)"] for r in rows} == conformance.hl7_accept_codes()
+    documented = {r["Application ACK (MSA-1)"]: r["Accept ACK (MSA-1)"] for r in rows}
+    assert documented == conformance.hl7_accept_codes()
 
 
 def test_mllp_limit_defaults_are_the_config_defaults() -> None:
@@ -370,7 +374,8 @@ def test_config_reference_lists_every_key_with_its_default() -> None:
     rows = table(doc("operator-guide.md"), "config-keys")
     defaults = Config().model_dump(mode="json")
     documented = {plain(r["Key"]): yaml.safe_load(plain(r["Default"])) for r in rows}
-    expected = {f"{section}.{key}": value for section, keys in defaults.items() for key, value in keys.items()}
+    expected = {f"{section}.{key}": value
+                for section, keys in defaults.items() for key, value in keys.items()}
     assert documented == expected
     assert all(r["Meaning"] for r in rows)
 
@@ -388,7 +393,7 @@ def test_exit_code_table_matches_the_cli_and_the_unit() -> None:
 def test_metric_table_is_every_metric_the_gateway_exports(sessions: sessionmaker[Session]) -> None:
     rows = table(doc("operator-guide.md"), "metrics")
     documented = {plain(r["Metric"]): r["Type"] for r in rows}
-    exported = {m._name: m._type for m in vars(metrics).values()  # noqa: SLF001
+    exported = {m._name: m._type for m in vars(metrics).values()
                 if hasattr(m, "_name") and hasattr(m, "_type")}
     families = QueueCollector(sessions).collect()  # a real migrated database
     exported.update({f.name: f.type for f in families})
@@ -406,7 +411,7 @@ def _shell_commands(text: str) -> Iterator[list[str]]:
 
 
 def test_every_documented_command_line_parses() -> None:
-    parser = cli._parser()  # noqa: SLF001 - the real argument parser
+    parser = cli._parser()
     seen = set()
     for name in ("operator-guide.md",):
         for args in _shell_commands(doc(name)):
