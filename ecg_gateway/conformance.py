@@ -97,7 +97,7 @@ def hl7_processing_ids() -> tuple[str, ...]:
 
 def hl7_charsets() -> dict[str, str]:
     """MSH-18 value -> Python codec the receiver decodes it with ('' = MSH-18 empty)."""
-    return dict(hl7_tokens._CHARSETS)  # noqa: SLF001 - the one source of truth
+    return dict(hl7_tokens._CHARSETS)
 
 
 def hl7_accept_codes() -> dict[str, str]:

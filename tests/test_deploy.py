@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from ecg_gateway import cli
 from ecg_gateway.app import DRAIN_TIMEOUT_S
 from ecg_gateway.config import load_config
 from ecg_gateway.ops import ops_app, start_ops_server
+from tests.gateway_proc import GatewayProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -269,6 +271,26 @@ def test_container_config_listens_on_all_interfaces_and_keeps_state_on_the_volum
     volume = json.loads(stage["VOLUME"])[0]
     assert config.database.url == f"sqlite:///{volume}/ecg-gateway.db"
     assert config.logging.json_output is True
+
+
+def test_container_config_serves_passes_its_healthcheck_and_stops_cleanly(tmp_path: Path) -> None:
+    """The image's command with its config (ports 0 and a temp database instead of the volume)."""
+    env = {"ECG_GATEWAY__DATABASE__URL": f"sqlite:///{tmp_path / 'gw.db'}",
+           "ECG_GATEWAY__DICOM__PORT": "0", "ECG_GATEWAY__HL7__PORT": "0", "ECG_GATEWAY__HTTP__PORT": "0"}
+    gateway = GatewayProcess(CONTAINER_CONFIG, env=env)
+    try:
+        gateway.wait_started()
+        config = load_config(CONTAINER_CONFIG)
+        probe = healthcheck_argv()[2].replace(f":{config.http.port}/", f":{gateway.ports['http']}/")
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        started = time.monotonic()
+        assert gateway.stop(timeout=seconds(one("TimeoutStopSec"))) == cli.EX_OK
+        assert time.monotonic() - started < seconds(one("TimeoutStopSec"))
+    finally:
+        if gateway.proc.poll() is None:
+            gateway.proc.kill()
+            gateway.proc.wait(10)
 
 
 def test_hadolint_is_clean() -> None:
