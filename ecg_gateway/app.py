@@ -91,6 +91,10 @@ class Gateway:
         return 0
 
     async def _start(self) -> None:
+        if self.wants("sender"):
+            self._start_sender()
+        if self.wants("worker"):
+            self._start_worker()
         if self.wants("ingest") and self.config.dicom.enabled:
             self._start_dicom()
         if self.wants("ingest") and self.config.hl7.enabled:
@@ -107,6 +111,33 @@ class Gateway:
             raise StartupError(f"cannot bind HL7 port {self.config.hl7.port}: {exc.strerror}",
                                EX_UNAVAILABLE) from exc
         self.bound["hl7"] = self._hl7_server.sockets[0].getsockname()[1]
+
+    def _start_worker(self) -> None:
+        from ecg_gateway.inbound.decode import decode_message
+        from ecg_gateway.worker import Worker
+
+        sender = getattr(self, "sender", None)
+        worker = Worker(self.sessions, self.config, decode_message, nudge=self.nudge,
+                        on_results=sender.nudge if sender is not None else None)
+        self.worker = worker
+        thread = threading.Thread(target=worker.run, args=(self._thread_stop,), name="triage-worker", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        self._health_sources["worker"] = lambda: {
+            "model": {"ok": worker.healthy, **worker.health_detail},
+            "worker_heartbeat": {"ok": time.time() - worker.heartbeat < max(30.0, 3 * self.config.worker.poll_interval_s),
+                                 "age_s": round(time.time() - worker.heartbeat, 1)},
+        }
+
+    def _start_sender(self) -> None:
+        if not self.config.outbound.host:
+            log.warning("delivery_disabled", reason="no outbound.host configured: results are kept, nothing is delivered")
+            return
+        from ecg_gateway.inbound.decode import decode_message
+        from ecg_gateway.outbound.sender import Sender
+
+        self.sender = Sender(self.sessions, self.config, decode_message)
+        self._tasks.append(asyncio.create_task(self.sender.run(self._stopping), name="oru-sender"))
 
     def _start_ops(self) -> None:
         from ecg_gateway.metrics import REGISTRY
@@ -176,6 +207,8 @@ class Gateway:
         self.nudge.set()
         for thread in self._threads:
             await asyncio.to_thread(thread.join, DRAIN_TIMEOUT_S)
+        if self._tasks:  # the sender saw _stopping: let it finish the send in flight
+            await asyncio.wait(self._tasks, timeout=DRAIN_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

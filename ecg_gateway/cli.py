@@ -18,7 +18,7 @@ from ecg_gateway import __version__
 from ecg_gateway.config import Config, load_config
 from ecg_gateway.errors import ConfigError
 
-EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 2, 69, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 0, 2, 65, 69, 78
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     check = add("check-config", cmd_check_config, "validate the configuration and print it")
     check.add_argument("--json", action="store_true")
+    triage = add("triage", cmd_triage, "triage ECG files (DICOM, HL7, aECG, MUSE XML, WFDB .hea) without the daemon")
+    triage.add_argument("files", nargs="+", metavar="FILE")
+    triage.add_argument("--json", action="store_true")
+    outbound = add("outbound", cmd_outbound, "ORU deliveries: list, or retry now")
+    outbound.add_argument("action", choices=("list", "retry"))
+    outbound.add_argument("ids", nargs="*", type=int, metavar="ID")
+    outbound.add_argument("--state", help="list: only rows in this state (pending, sending, delivered, dead)")
+    outbound.add_argument("--dead", action="store_true", help="retry: every dead row")
+    outbound.add_argument("--json", action="store_true")
     return parser
 
 
@@ -58,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         from ecg_gateway.logs import configure_logging
 
-        configure_logging(config.logging.level, config.logging.json_output)
+        configure_logging(config.logging.level, config.logging.json_output,
+                          stream=sys.stdout if args.command == "serve" else sys.stderr)
         return int(args.func(args, config))
     except ConfigError as exc:
         return _fail(str(exc), EX_CONFIG)
@@ -143,4 +153,63 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if dumped["http"].get("admin_token"):
         dumped["http"]["admin_token"] = "***"
     print(json.dumps(dumped, indent=None if args.json else 2, sort_keys=True))
+    return EX_OK
+
+
+def cmd_triage(args: argparse.Namespace, config: Config) -> int:
+    """Decode every file first (one-line error, exit 65, on the first bad one), then one batch."""
+    from ecg_gateway.errors import CheckpointError, GatewayError
+    from ecg_gateway.inbound.decode import decode_file
+    from ecg_gateway.triage.model import load_model
+    from ecg_gateway.triage.service import Triager
+
+    ecgs = []
+    for name in args.files:
+        try:
+            ecgs.append(decode_file(name))
+        except OSError as exc:
+            raise CliError(f"{name}: cannot read: {exc.strerror}", EX_DATAERR) from exc
+        except GatewayError as exc:
+            raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
+    try:
+        model = load_model(config.model.path, device=config.model.device)
+    except CheckpointError as exc:
+        raise CliError(str(exc), EX_CONFIG) from exc
+    outcomes = []
+    size = config.model.batch_size
+    for start in range(0, len(ecgs), size):
+        outcomes.extend(Triager(model).triage(ecgs[start:start + size]))
+    if args.json:
+        objects = [{"file": name, **o.to_json()} for name, o in zip(args.files, outcomes, strict=True)]
+        print(json.dumps(objects[0] if len(objects) == 1 else objects, sort_keys=True))
+        return EX_OK
+    for name, outcome in zip(args.files, outcomes, strict=True):
+        probs = " ".join(f"{k}={v:.3f}" for k, v in (outcome.probabilities or {}).items())
+        reasons = f" reasons={','.join(outcome.quality.reasons)}" if outcome.quality.reasons else ""
+        print(f"{name}: {outcome.category} {probs}{reasons}")
+    print(f"model: {model.model_id} sha256={model.sha256[:16]}{' (PLACEHOLDER)' if model.placeholder else ''}")
+    return EX_OK
+
+
+def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
+    from ecg_gateway.outbound.admin import list_outbound, retry_outbound
+
+    sessions = _sessions(config)
+    if args.action == "list":
+        try:
+            rows = list_outbound(sessions, args.state)
+        except ValueError as exc:
+            raise CliError(str(exc), EX_USAGE) from exc
+        if args.json:
+            print(json.dumps(rows, default=str, sort_keys=True))
+            return EX_OK
+        for row in rows:
+            print(f"{row['id']:>6} {row['control_id']} {row['state']:<9} {row['category'] or '':<18} "
+                  f"attempts={row['attempts']}/{row['max_attempts']} {row['last_error'] or ''}")
+        print(f"{len(rows)} row(s)")
+        return EX_OK
+    if not args.ids and not args.dead:
+        raise CliError("outbound retry needs IDs or --dead", EX_USAGE)
+    changed = retry_outbound(sessions, args.ids or None, dead=args.dead)
+    print(json.dumps({"requeued": changed}) if args.json else f"requeued {changed} row(s)")
     return EX_OK

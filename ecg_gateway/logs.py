@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -26,9 +26,11 @@ def redact_phi(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, A
     return event
 
 
-def configure_logging(level: str = "INFO", json_output: bool | None = None) -> None:
+def configure_logging(level: str = "INFO", json_output: bool | None = None, stream: TextIO | None = None) -> None:
+    """Daemon logs go to stdout (the journal); CLI commands pass stderr so stdout stays data."""
+    stream = stream or sys.stdout
     if json_output is None:
-        json_output = not sys.stdout.isatty()
+        json_output = not stream.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -48,7 +50,7 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         foreign_pre_chain=shared,

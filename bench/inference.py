@@ -1,0 +1,199 @@
+"""Inference speed of the triage network, against the machine's own matmul peak.
+
+Prints parameters, FLOPs per ECG (torch.utils.flop_counter, the ops actually executed),
+ECG/s at several batch sizes, and the achieved FLOP/s as a fraction of a float32 (CPU) or
+autocast-dtype (CUDA) matmul measured in the same run. Anchor: a comparable 1-D ResNet
+reached ~100% of ~170 GFLOP/s at batch 32 on this 2-core CPU; target >= 75%.
+
+Optionally measures a bf16 CPU path against float32 on a reference set (categories must
+agree on >= 99.5% and probabilities within 0.01 before it may be used).
+
+Usage:
+  python bench/inference.py [--checkpoint PATH | --variant paper|ptbxl] [--device cpu|cuda]
+                            [--batches 1,8,32,128] [--bf16] [--smoke] [--json OUT]
+Timings are best-of --repeats runs of --seconds each: the CPU is shared, and the best run
+is the one least disturbed by other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_facts  # noqa: E402
+
+from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
+from ecg_gateway.triage.decide import decide  # noqa: E402
+from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
+from ecg_gateway.triage.network import TriageNet  # noqa: E402
+from ecg_gateway.triage.preprocess import InputContract  # noqa: E402
+
+VARIANTS = {"paper": dict(fs=500.0, length=5000), "ptbxl": dict(fs=100.0, length=1000)}
+ANCHOR = "anchor: comparable 1-D ResNet ~100% of ~170 GFLOP/s (fp32 matmul) at batch 32 on this CPU"
+
+
+def best_rate(fn: Callable[[], object], seconds: float, repeats: int, sync: Callable[[], None]) -> float:
+    """Calls per second, best of ``repeats`` runs of about ``seconds`` each."""
+    fn()
+    sync()
+    best = 0.0
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds:
+                break
+        best = max(best, calls / elapsed)
+    return best
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float, repeats: int,
+                sync: Callable[[], None]) -> float:
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 * best_rate(lambda: torch.mm(a, b), seconds, repeats, sync)
+
+
+def flops_per_ecg(net: torch.nn.Module, leads: int, length: int, device: torch.device) -> int:
+    x = torch.zeros(1, leads, length, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        net(x)
+    return counter.get_total_flops()
+
+
+def build(args: argparse.Namespace) -> TriageModel:
+    if args.variant is None:
+        return load_model(args.checkpoint, args.device, optimize=not args.plain)
+    torch.manual_seed(0)
+    kw = VARIANTS[args.variant]
+    contract = InputContract(fs=kw["fs"], length=kw["length"], leads=INDEPENDENT_LEADS)
+    net = TriageNet(in_leads=8, aux_head=False, **kw)
+    return TriageModel(net, contract, list(c for c in ("normal", "abnormal_not_acute", "subacute", "acute")),
+                       {}, {"model_id": f"random-{args.variant}"}, "-" * 64, torch.device(args.device),
+                       optimize=not args.plain)
+
+
+def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
+    """Real PTB-XL records through the model's contract when present, else synthetic ECGs."""
+    try:
+        import wfdb
+
+        from ecg_gateway.ecg import Ecg
+        from ecg_gateway.triage.preprocess import preprocess
+
+        root = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl" / "records100"
+        heads = sorted(root.glob("*/*.hea"))[:: max(1, 21837 // n)][:n]
+        if len(heads) < n:
+            raise FileNotFoundError(root)
+        xs = []
+        for hea in heads:
+            rec = wfdb.rdrecord(str(hea.with_suffix("")))
+            xs.append(preprocess(Ecg(rec.p_signal.T, rec.fs, tuple(rec.sig_name), "wfdb"), model.contract))
+        return np.stack(xs), f"{n} PTB-XL records"
+    except (ImportError, FileNotFoundError):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from ecg_gateway.triage.preprocess import preprocess
+        from tests.synthetic import synthetic_ecg
+
+        return np.stack([preprocess(synthetic_ecg(i), model.contract) for i in range(n)]), f"{n} synthetic ECGs"
+
+
+def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int) -> dict[str, object]:
+    x, what = reference_set(model, n)
+    fp32 = model.predict(x)
+    xt = torch.from_numpy(x)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = torch.softmax(model.runner(xt).float(), dim=1).numpy()
+    agree = np.mean([decide(a, model.thresholds) == decide(b, model.thresholds) for a, b in zip(fp32, bf16)])
+    max_diff = float(np.abs(fp32 - bf16).max())
+    batch = torch.from_numpy(x[:32])
+
+    def run_bf16() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model.runner(batch)
+
+    rate_bf16 = 32 * best_rate(run_bf16, seconds, repeats, lambda: None)
+    rate_fp32 = 32 * best_rate(lambda: model.predict(x[:32]), seconds, repeats, lambda: None)
+    ok = agree >= 0.995 and max_diff <= 0.01
+    return {"reference": what, "category_agreement": float(agree), "max_prob_diff": max_diff,
+            "ecg_per_s_bf16_b32": rate_bf16, "ecg_per_s_fp32_b32": rate_fp32, "qualifies": ok}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: bundled model)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="random weights of this size instead")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (CUDA runs under autocast)")
+    parser.add_argument("--batches", default="1,8,32,128")
+    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--plain", action="store_true", help="run the training graph as is (no CPU rewrite)")
+    parser.add_argument("--bf16", action="store_true", help="also measure the bf16 CPU path")
+    parser.add_argument("--reference", type=int, default=512, help="reference ECGs for --bf16")
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes: tiny timings")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.batches, args.seconds, args.repeats, args.reference = "1,8", 0.2, 1, 32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build(args)
+    device = model.device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    leads, length = len(model.contract.leads), model.contract.length
+    params = sum(p.numel() for p in model.net.parameters())
+    flops = flops_per_ecg(model.net, leads, length, device)  # the training graph's count
+    peak_before = matmul_peak(device, amp, args.seconds, args.repeats, sync)
+
+    print(f"machine: {machine_facts()}, torch {torch.__version__}")
+    print(f"model {model.model_id} ({'PLACEHOLDER' if model.placeholder else 'weights as given'}), "
+          f"{leads} leads x {length} samples @ {model.contract.fs:g} Hz, device {device}"
+          f"{' autocast ' + str(amp).split('.')[-1] if cuda else ''}, threads {torch.get_num_threads()}, "
+          f"{'plain graph' if model.runner is model.net else 'CPU rewrite (optimize.py)'}")
+    print(f"parameters {params:,}   FLOPs/ECG {flops / 1e9:.3f} GFLOP ({flops / 2e9:.3f} GMAC)")
+    rows = []
+    for bs in [int(b) for b in args.batches.split(",")]:
+        x = np.random.default_rng(0).normal(size=(bs, leads, length)).astype(np.float32)
+        rate = bs * best_rate(lambda x=x: model.predict(x), args.seconds, args.repeats, sync)
+        rows.append({"batch": bs, "ecg_per_s": rate, "ms_per_batch": 1000 * bs / rate,
+                     "gflop_per_s": rate * flops / 1e9})
+    peak = max(peak_before, matmul_peak(device, amp, args.seconds, args.repeats, sync))
+    print(f"matmul peak ({str(amp).split('.')[-1]}) {peak / 1e9:.1f} GFLOP/s   {ANCHOR}")
+    print(f"{'batch':>6} {'ECG/s':>10} {'ms/batch':>10} {'GFLOP/s':>9} {'of peak':>8}")
+    for row in rows:
+        row["ratio"] = row["gflop_per_s"] * 1e9 / peak
+        print(f"{row['batch']:6d} {row['ecg_per_s']:10.1f} {row['ms_per_batch']:10.2f} "
+              f"{row['gflop_per_s']:9.1f} {row['ratio']:8.1%}")
+    report: dict[str, object] = {"model_id": model.model_id, "device": str(device), "params": params,
+                                 "flops_per_ecg": flops, "matmul_peak_flops": peak, "rows": rows}
+    if args.bf16 and not cuda:
+        check = bf16_check(model, args.reference, args.seconds, args.repeats)
+        report["bf16"] = check
+        print(f"bf16 CPU path on {check['reference']}: categories agree {check['category_agreement']:.2%}, "
+              f"max |dp| {check['max_prob_diff']:.4f}, batch 32 {check['ecg_per_s_bf16_b32']:.0f} ECG/s "
+              f"vs fp32 {check['ecg_per_s_fp32_b32']:.0f} -> {'qualifies' if check['qualifies'] else 'NOT used'}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""An inference-only rewrite of a :class:`TriageNet` that runs ~1.5× faster on CPU.
+
+Same function, different kernels (outputs match the original to ~1e-6):
+
+* every Conv1d becomes a Conv2d over ``[N, C, 1, L]`` in channels-last memory: oneDNN's
+  "nwc" kernels reach 1.5–3× the FLOP/s of its "ncw" ones for these shapes (small channel
+  counts, 1×1 and dilated convs), measured in bench/inference.py;
+* a BatchNorm that directly follows a conv is folded into the conv's weights;
+* a dilated conv whose input (known statically from the contract length) is no longer
+  than its dilation keeps only its centre tap (see ``network.DilatedConv1d``).
+
+Training never sees this module; the checkpoint holds the original weights.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ecg_gateway.triage.network import TriageNet
+
+
+def _input_lengths(net: TriageNet, leads: int, length: int) -> dict[nn.Conv1d, int]:
+    """The input length every Conv1d sees for a ``[1, leads, length]`` input."""
+    seen: dict[nn.Conv1d, int] = {}
+
+    def record(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
+        seen[mod] = int(args[0].shape[-1])  # type: ignore[index]
+
+    hooks = [m.register_forward_pre_hook(record) for m in net.modules() if isinstance(m, nn.Conv1d)]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, leads, length))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _conv2d(conv: nn.Conv1d, in_length: int) -> nn.Conv2d:
+    """Conv1d → equivalent channels-last Conv2d (centre tap only if the rest reads padding)."""
+    (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    weight = conv.weight.detach()
+    if k > 1 and in_length <= d and p == d * (k - 1) // 2:
+        weight, k, d, p = weight[:, :, k // 2:k // 2 + 1], 1, 1, 0
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, (1, k), stride=(1, s), padding=(0, p),
+                    dilation=(1, d), groups=conv.groups, bias=conv.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(weight.unsqueeze(2))
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias.detach())
+    return out.to(memory_format=torch.channels_last)
+
+
+def _bn2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
+    out = nn.BatchNorm2d(bn.num_features, eps=bn.eps, affine=bn.affine)
+    out.load_state_dict(bn.state_dict())
+    return out
+
+
+def _rewrite(module: nn.Module, lengths: dict[nn.Conv1d, int]) -> None:
+    """In place, depth first: fold conv→BN pairs, then swap 1-D layers for 2-D ones."""
+    if isinstance(module, nn.Sequential):
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d):
+                fused = fuse_conv_bn_eval(conv, bn)
+                lengths[fused] = lengths[conv]
+                module[i], module[i + 1] = fused, nn.Identity()
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv1d):
+            setattr(module, name, _conv2d(child, lengths[child]))
+        elif isinstance(child, nn.BatchNorm1d):
+            setattr(module, name, _bn2d(child))
+        elif isinstance(child, nn.Dropout):
+            setattr(module, name, nn.Identity())
+        else:
+            _rewrite(child, lengths)
+
+
+class ChannelsLastTriageNet(nn.Module):
+    """``forward(x [N, leads, length]) -> logits [N, n_classes]``, like the net it came from."""
+
+    def __init__(self, net: TriageNet) -> None:
+        super().__init__()
+        kwargs = net.arch_kwargs()
+        self.length = int(kwargs["length"])
+        body = copy.deepcopy(net).eval()
+        lengths = _input_lengths(body, int(kwargs["in_leads"]), self.length)
+        _rewrite(body, lengths)
+        self.body = body.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return self.body(x4)
+
+
+def optimize_for_cpu(net: TriageNet) -> nn.Module:
+    """The fast CPU twin of ``net`` (eval mode only; fixed input length)."""
+    return ChannelsLastTriageNet(net.eval()).eval()

@@ -1,0 +1,81 @@
+"""Triage a batch of ECGs: quality gate → preprocess → one forward pass → decision.
+
+Shared by the worker (daemon) and ``ecg-gateway triage FILE`` so both give the same
+answer for the same ECG: every step is per-record and the network runs in eval mode, so
+a record's probabilities do not depend on what else is in its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
+from ecg_gateway.errors import InvalidEcgError
+from ecg_gateway.triage.decide import decide
+from ecg_gateway.triage.model import TriageModel
+from ecg_gateway.triage.preprocess import preprocess
+from ecg_gateway.triage.quality import QualityReport, assess
+
+CATEGORY_NAMES = tuple(c.value for c in CATEGORY_ORDER)
+
+
+@dataclass(frozen=True, slots=True)
+class TriageOutcome:
+    """One ECG's result. ``category`` is a TriageCategory value or ``"uninterpretable"``."""
+
+    category: str
+    probabilities: dict[str, float] | None
+    quality: QualityReport
+    model_id: str
+    model_sha256: str
+    placeholder: bool
+
+    def to_json(self) -> dict[str, Any]:
+        quality = {"ok": self.quality.ok, "reasons": list(self.quality.reasons),
+                   "metrics": dict(self.quality.metrics)}
+        return {"category": self.category,
+                "probabilities": dict(self.probabilities) if self.probabilities is not None else None,
+                "quality": quality,
+                "model": {"id": self.model_id, "sha256": self.model_sha256,
+                          "placeholder": self.placeholder}}
+
+
+class Triager:
+    """Holds a loaded model; :meth:`triage` is the whole per-batch pipeline."""
+
+    def __init__(self, model: TriageModel) -> None:
+        self.model = model
+
+    def _prepare(self, ecg: Ecg) -> tuple[QualityReport, np.ndarray | None]:
+        report = assess(ecg, leads=self.model.contract.leads)
+        try:
+            return report, preprocess(ecg, self.model.contract)
+        except (InvalidEcgError, ValueError) as exc:
+            # the gate reports missing leads already; anything else is named here
+            if report.ok:
+                field = getattr(exc, "field", None) or "signal"
+                report = replace(report, ok=False, reasons=(f"unusable:{field}",))
+            return report, None
+
+    def triage(self, ecgs: list[Ecg]) -> list[TriageOutcome]:
+        """Outcomes in input order. Model failures (e.g. out of memory) propagate."""
+        prepared = [self._prepare(ecg) for ecg in ecgs]
+        inputs = [x for _, x in prepared if x is not None]
+        probs = iter(self.model.predict(np.stack(inputs)) if inputs else [])
+        outcomes = []
+        for report, x in prepared:
+            p = next(probs) if x is not None else None
+            if report.ok and p is not None:
+                category = decide(p, self.model.thresholds).value
+            else:
+                category = UNINTERPRETABLE
+            outcomes.append(TriageOutcome(
+                category=category,
+                probabilities=None if p is None else {n: float(v) for n, v in zip(CATEGORY_NAMES, p, strict=True)},
+                quality=report, model_id=self.model.model_id, model_sha256=self.model.sha256,
+                placeholder=self.model.placeholder,
+            ))
+        return outcomes

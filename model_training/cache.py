@@ -1,0 +1,137 @@
+"""PTB-XL as one compact array file: decode the FLAC records once, train anywhere.
+
+``[N, 8, 1000]`` int16 microvolts (the records' own resolution: gain 1000/mV, so lossless)
+of the independent leads I, II, V1-V6, plus ecg_id, fold, label (-1 = none) and the
+measured heart rate. A GPU host without wfdb/soundfile trains from this file alone.
+
+The manifest hash identifies the training data: sha256 over the dataset's SHA256SUMS, the
+kept ecg_ids with their folds and labels, and the mapping hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ecg_gateway.ecg import CATEGORY_ORDER, INDEPENDENT_LEADS, Ecg
+from model_training.labels import MAPPING_VERSION, mapping_hash
+
+FS = 100.0
+LENGTH = 1000
+
+
+@dataclass(frozen=True)
+class PtbxlArrays:
+    signals: np.ndarray  # int16 [N, 8, LENGTH] microvolts
+    ecg_id: np.ndarray
+    fold: np.ndarray
+    label: np.ndarray  # int8, CATEGORY_ORDER index or -1
+    heart_rate: np.ndarray  # float32 bpm (NaN when undetectable)
+    manifest_hash: str
+    mapping_version: str
+
+    def subset(self, mask: np.ndarray) -> PtbxlArrays:
+        return PtbxlArrays(self.signals[mask], self.ecg_id[mask], self.fold[mask], self.label[mask],
+                           self.heart_rate[mask], self.manifest_hash, self.mapping_version)
+
+    def ecg(self, i: int) -> Ecg:
+        """Record i as an Ecg in mV (for preprocess(); identical to reading the WFDB file)."""
+        return Ecg(signal=self.signals[i].astype(np.float32) / 1000.0, fs=FS,
+                   leads=INDEPENDENT_LEADS, source="ptbxl-cache", uid=str(int(self.ecg_id[i])))
+
+
+def manifest_hash(sums_file: bytes, ecg_id: np.ndarray, fold: np.ndarray, label: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(sums_file).digest())
+    for arr in (ecg_id.astype(np.int64), fold.astype(np.int64), label.astype(np.int64)):
+        digest.update(arr.tobytes())
+    digest.update(mapping_hash().encode())
+    return digest.hexdigest()
+
+
+def build(root: Path, out: Path | None, *, folds: list[int] | None = None,
+          per_fold: int | None = None, progress: bool = True) -> PtbxlArrays:
+    """Read the records (all: ~3 min on one core) and write ``out`` (.npz) unless None."""
+    from tqdm import tqdm
+
+    from model_training.datasets import PtbxlDataset
+
+    ds = PtbxlDataset(root, folds=folds, per_fold=per_fold)
+    n = len(ds)
+    signals = np.zeros((n, len(INDEPENDENT_LEADS), LENGTH), dtype=np.int16)
+    label = np.full(n, -1, dtype=np.int8)
+    hr = np.full(n, np.nan, dtype=np.float32)
+    fold = np.zeros(n, dtype=np.int8)
+    for i in tqdm(range(n), desc="ptbxl", disable=not progress, mininterval=5):
+        item = ds[i]
+        if item.ecg.fs != FS or item.ecg.n_samples != LENGTH:
+            raise ValueError(f"ecg_id {item.key}: expected {LENGTH} samples at {FS} Hz")
+        x = np.stack([item.ecg.lead(name) for name in INDEPENDENT_LEADS])
+        signals[i] = np.clip(np.round(x * 1000.0), -32768, 32767).astype(np.int16)
+        label[i] = -1 if item.label is None else CATEGORY_ORDER.index(item.label)
+        hr[i] = item.meta["heart_rate_bpm"]
+        fold[i] = item.meta["fold"]
+    ecg_id = ds.table.index.to_numpy().astype(np.int32)
+    digest = manifest_hash((root / "SHA256SUMS").read_bytes(), ecg_id, fold, label)
+    arrays = PtbxlArrays(signals, ecg_id, fold, label, hr, digest, MAPPING_VERSION)
+    if out is not None:
+        save(arrays, out)
+    return arrays
+
+
+def save(arrays: PtbxlArrays, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, signals=arrays.signals, ecg_id=arrays.ecg_id, fold=arrays.fold,
+                        label=arrays.label, heart_rate=arrays.heart_rate,
+                        manifest_hash=np.array(arrays.manifest_hash),
+                        mapping_version=np.array(arrays.mapping_version))
+
+
+def save_packed(arrays: PtbxlArrays, out: Path) -> None:
+    """Smaller lossless file for slow links: first differences in time, then LZMA (~6.8 KB/record)."""
+    import lzma
+
+    diff = np.diff(arrays.signals, axis=2, prepend=np.int16(0)).astype(np.int16)
+    payload = np.frombuffer(lzma.compress(diff.tobytes(), preset=6), dtype=np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, packed=payload, shape=np.array(arrays.signals.shape), ecg_id=arrays.ecg_id,
+             fold=arrays.fold, label=arrays.label, heart_rate=arrays.heart_rate,
+             manifest_hash=np.array(arrays.manifest_hash),
+             mapping_version=np.array(arrays.mapping_version))
+
+
+def _signals(part: np.lib.npyio.NpzFile) -> np.ndarray:
+    if "signals" in part:
+        return part["signals"]
+    import lzma
+
+    diff = np.frombuffer(lzma.decompress(part["packed"].tobytes()), dtype=np.int16)
+    return np.cumsum(diff.reshape(tuple(part["shape"])), axis=2, dtype=np.int16)
+
+
+def load(paths: Path | list[Path]) -> PtbxlArrays:
+    """Load one cache file, or several chunks of one cache concatenated in order."""
+    paths = [paths] if isinstance(paths, Path) else list(paths)
+    parts = [np.load(p) for p in paths]
+    hashes = {str(p["manifest_hash"]) for p in parts}
+    if len(hashes) != 1:
+        raise ValueError("cache chunks come from different builds")
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("ecg_id", "fold", "label", "heart_rate")}
+    cat["signals"] = np.concatenate([_signals(p) for p in parts])
+    return PtbxlArrays(cat["signals"], cat["ecg_id"], cat["fold"], cat["label"], cat["heart_rate"],
+                       hashes.pop(), str(parts[0]["mapping_version"]))
+
+
+def split(arrays: PtbxlArrays, out_dir: Path, n_chunks: int) -> list[Path]:
+    """Write ``n_chunks`` packed chunks ``out_dir/ptbxl_<i>/ptbxl.npz`` (to move over small links)."""
+    paths = []
+    for i, idx in enumerate(np.array_split(np.arange(len(arrays.ecg_id)), n_chunks)):
+        mask = np.zeros(len(arrays.ecg_id), dtype=bool)
+        mask[idx] = True
+        path = out_dir / f"ptbxl_{i}" / "ptbxl.npz"
+        save_packed(arrays.subset(mask), path)
+        paths.append(path)
+    return paths

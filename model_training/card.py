@@ -1,0 +1,162 @@
+"""The model card: Markdown for people, JSON for machines, both from one results dict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from model_training.labels import mapping_markdown
+from model_training.snomed import snomed_markdown
+
+NAMES = ["normal", "abnormal_not_acute", "subacute", "acute"]
+
+DEFINITIONS = """\
+* **c-statistic (per category)**: one-vs-rest area under the ROC curve of that category's
+  predicted probability (rank formula, ties count 1/2).
+* **overall c**: the *unweighted mean of the four one-vs-rest c-statistics* (macro average).
+  The JAHA paper does not define its "overall c" in the abstract; this is our definition.
+* **PDI** (polytomous discrimination index, Van Calster et al., Stat Med 2012): pick one ECG
+  from each of the 4 categories; PDI_i is the probability that the ECG truly in category i has
+  the highest p_i of the four; PDI is the mean of PDI_i (chance = 0.25, perfect = 1).
+  Computed exactly over all 4-tuples; ties share the win.
+* **sensitivity, specificity, PPV, NPV**: one-vs-rest, of the *decided* category under the
+  shipped policy, which is the daemon's `ecg_gateway/triage/decide.py`: acute when
+  p_acute >= the acute threshold, else the most probable category (ties -> more urgent).
+* **95% CI**: percentile bootstrap over records ({n_boot} resamples, seed {seed}); a resample
+  in which a metric is undefined (e.g. no acute case drawn) is skipped for that metric.
+* **calibration**: observed frequency vs mean predicted probability in 10 equal-count bins per
+  category; ECE = count-weighted mean absolute gap; Brier = mean squared error of p_k.
+"""
+
+
+def _fmt(metric: dict[str, list], i: int = 0) -> str:
+    v, lo, hi = metric["value"][i], metric["ci_low"][i], metric["ci_high"][i]
+    if v is None:
+        return "n/a"
+    ci = f" ({lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else ""
+    return f"{v:.3f}{ci}"
+
+
+def metrics_markdown(res: dict[str, Any]) -> str:
+    m = res["metrics"]
+    lines = [f"n = {res['n']}; reference counts: " +
+             ", ".join(f"{k} {v}" for k, v in res["class_counts"].items()), "",
+             f"**Overall c = {_fmt(m['overall_c'])}; PDI = {_fmt(m['pdi'])}**", "",
+             "| category | n | c-statistic | PDI_i | sensitivity | specificity | PPV | NPV |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i, name in enumerate(NAMES):
+        lines.append(f"| {name} | {res['class_counts'][name]} | {_fmt(m['c'], i)} | "
+                     f"{_fmt(m['pdi_class'], i)} | {_fmt(m['sensitivity'], i)} | "
+                     f"{_fmt(m['specificity'], i)} | {_fmt(m['ppv'], i)} | {_fmt(m['npv'], i)} |")
+    lines += ["", "Confusion matrix (rows = reference, columns = decided):", "",
+              "| reference \\ decided | " + " | ".join(NAMES) + " |",
+              "|---" * (len(NAMES) + 1) + "|"]
+    for name, row in zip(NAMES, res["confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + " |")
+    lines += ["", "Calibration: " + "; ".join(
+        f"{name} ECE {res['calibration'][name]['ece'][0]:.3f}, Brier {res['calibration'][name]['brier'][0]:.3f}"
+        for name in NAMES)]
+    return "\n".join(lines)
+
+
+def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
+    cols = NAMES + ["unlabelled", "total"]
+    lines = ["| fold | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for fold, row in counts.items():
+        lines.append(f"| {fold} | " + " | ".join(str(row.get(c, 0)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def operating_points_markdown(rows: list[dict[str, Any]]) -> str:
+    sets = [k for k in rows[0] if k not in ("target_sensitivity", "threshold")]
+    head = "| fold-9 target | threshold | " + " | ".join(
+        f"{s} sens / spec / PPV / flagged" for s in sets) + " |"
+    lines = [head, "|---|---|" + "---|" * len(sets)]
+    for r in rows:
+        cells = [f"{r[s]['sensitivity']:.3f} / {r[s]['specificity']:.3f} / {r[s]['ppv']:.3f} / "
+                 f"{r[s]['flagged_fraction']:.2f}" for s in sets]
+        lines.append(f"| {r['target_sensitivity']:.2f} | {r['threshold']:.4g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_card(card: dict[str, Any], md_path: Path, json_path: Path) -> None:
+    json_path.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    md_path.write_text(render_markdown(card), encoding="utf-8")
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    t = card["thresholds"]
+    ev = card["evaluation"]
+    parts = [
+        f"# Model card: {card['model_id']}",
+        "",
+        f"Checkpoint `ecg_gateway/triage/default_model.pt`, sha256 `{card.get('sha256', 'n/a')}`; "
+        f"git revision of the code that trained it `{card['git_revision']}`; "
+        f"label mapping `{card['mapping_version']}`; data manifest `{card['data_manifest_hash']}`.",
+        "",
+        "## Intended use",
+        card["intended_use"],
+        "",
+        "## Limits",
+        *[f"* {x}" for x in card["limitations"]],
+        "",
+        "## Model",
+        card["model_description"],
+        "",
+        f"Decision policy: acute when p_acute >= **{t.get('acute', float('nan')):.4f}** "
+        f"(chosen on PTB-XL fold 9 for acute sensitivity >= {card['target_sensitivity']}; "
+        f"fold-9 sensitivity at this threshold {card['val_acute_sensitivity']:.3f}), else the most "
+        "probable category (ties -> more urgent), as in ecg_gateway/triage/decide.py. See the "
+        "acute operating points below for what this threshold costs in false alarms.",
+        "",
+        "## Data",
+        card["data_description"],
+        "",
+        "Class counts per PTB-XL fold (after the mapping below):",
+        "",
+        counts_markdown(card["class_counts_per_fold"]),
+        "",
+        "## Metrics",
+        DEFINITIONS.format(n_boot=ev["ptbxl_fold10"]["n_bootstrap"], seed=ev["ptbxl_fold10"]["bootstrap_seed"]),
+        "### PTB-XL fold 10 (test, patient-wise held out)",
+        "",
+        metrics_markdown(ev["ptbxl_fold10"]),
+        "",
+        "![ROC fold 10](report/roc_ptbxl_fold10.png) ![calibration fold 10](report/calibration_ptbxl_fold10.png)",
+        "",
+        "### PhysioNet/CinC 2021 sample (external; Georgia, Chapman-Shaoxing/Ningbo, CPSC)",
+        "",
+        card["cinc_note"],
+        "",
+        metrics_markdown(ev["cinc_external"]),
+        "",
+        "![ROC CinC](report/roc_cinc_external.png) ![calibration CinC](report/calibration_cinc_external.png)",
+        "",
+        "### Acute operating points (threshold chosen on fold 9, acute flag = p_acute >= t)",
+        "",
+        operating_points_markdown(ev["acute_operating_points"]),
+        "",
+        "### Against the targets (PTB-XL fold 10)",
+        *[f"* {x}" for x in card["targets"]],
+        "",
+        "## Training",
+        card["training_description"],
+        "",
+        "## Reproduce",
+        "```",
+        *card["commands"],
+        "```",
+        card["reproducibility"],
+        "",
+        f"## Label mapping `{card['mapping_version']}` (PTB-XL SCP statement → triage category)",
+        card["mapping_rules"],
+        "",
+        mapping_markdown(),
+        "",
+        f"## SNOMED-CT mapping `{card['snomed_version']}` (CinC external set)",
+        "",
+        snomed_markdown(),
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,169 @@
+"""``python -m model_training {labels,cache,train,evaluate}``.
+
+Paths default to the repository layout (``../shared/data`` beside the checkout, ``runs/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+DEFAULT_CACHE = REPO / "runs" / "cache" / "ptbxl100.npz"
+
+
+def _folds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _load_or_build(args: argparse.Namespace):  # noqa: ANN202
+    from model_training import cache
+
+    paths = [Path(p) for p in args.cache]
+    if all(p.is_file() for p in paths):
+        return cache.load(paths)
+    if len(paths) != 1:
+        raise SystemExit(f"cache chunks missing: {[str(p) for p in paths if not p.is_file()]}")
+    print(f"building {paths[0]} from {args.ptbxl} (one-off, a few minutes)", file=sys.stderr)
+    return cache.build(Path(args.ptbxl), paths[0])
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from model_training.card import counts_markdown
+    from model_training.export import class_counts_per_fold
+    from model_training.labels import MAPPING_VERSION
+
+    counts = class_counts_per_fold(_load_or_build(args))
+    print(f"mapping {MAPPING_VERSION}\n{counts_markdown(counts)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from model_training import cache
+
+    arrays = _load_or_build(args)
+    if args.split_dir:
+        import numpy as np
+
+        sub = arrays.subset(np.isin(arrays.fold, _folds(args.split_folds)))
+        for path in cache.split(sub, Path(args.split_dir), args.chunks):
+            print(f"{path} {path.stat().st_size / 1e6:.1f} MB")
+    print(f"{len(arrays.ecg_id)} records; manifest {arrays.manifest_hash}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model_training import cache
+    from model_training.train import TrainConfig, train
+
+    if args.per_fold:  # smoke runs: a handful of records read straight from WFDB
+        arrays = cache.build(Path(args.ptbxl), None, per_fold=args.per_fold, progress=False)
+    else:
+        arrays = _load_or_build(args)
+    cfg = TrainConfig(out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      gamma=args.gamma, class_weights=args.class_weights, patience=args.patience,
+                      seed=args.seed, device=args.device, augment=not args.no_augment,
+                      max_steps=args.max_steps, train_folds=_folds(args.train_folds),
+                      val_folds=_folds(args.val_folds), widths=[int(w) for w in args.widths.split(",")],
+                      blocks_per_group=args.blocks_per_group, model_id=args.model_id,
+                      num_threads=args.threads, time_limit_min=args.time_limit_min,
+                      schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay)
+    summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model_training.export import run
+
+    card = run(Path(args.checkpoint), [Path(p) for p in args.cache] if len(args.cache) > 1
+               else Path(args.cache[0]), Path(args.cinc), Path(args.report_dir), Path(args.card),
+               n_boot=args.bootstrap, seed=args.seed, ship_to=Path(args.ship) if args.ship else None,
+               commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {})
+    for name in ("ptbxl_fold10", "cinc_external"):
+        res = card["evaluation"][name]
+        m = res["metrics"]
+        print(f"{name}: n={res['n']} overall_c={m['overall_c']['value'][0]} "
+              f"({m['overall_c']['ci_low'][0]}-{m['overall_c']['ci_high'][0]}) pdi={m['pdi']['value'][0]} "
+              f"({m['pdi']['ci_low'][0]}-{m['pdi']['ci_high'][0]}) acute_sens={m['sensitivity']['value'][3]}")
+    print(f"threshold {card['thresholds']}; sha256 {card['sha256']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model_training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ptbxl", default=str(DATA / "ptbxl"), help="PTB-XL folder")
+        p.add_argument("--cache", nargs="+", default=[str(DEFAULT_CACHE)],
+                       help="array cache (.npz) or its chunks; built from --ptbxl if missing")
+
+    p = sub.add_parser("labels", help="class counts per fold under the triage mapping")
+    data_args(p)
+    p.add_argument("--json", help="also write the counts here")
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("cache", help="decode PTB-XL once into an array cache (and chunks)")
+    data_args(p)
+    p.add_argument("--split-dir", help="also write packed chunks here (for small transfer links)")
+    p.add_argument("--split-folds", default="1-9")
+    p.add_argument("--chunks", type=int, default=3)
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("train", help="train TriageNet; resumable")
+    data_args(p)
+    p.add_argument("--out", default=str(REPO / "runs" / "train"))
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--gamma", type=float, default=1.0, help="focal loss gamma (0 = cross-entropy)")
+    p.add_argument("--class-weights", choices=["none", "sqrt", "inverse"], default="sqrt")
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
+    p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--train-folds", default="1-8")
+    p.add_argument("--val-folds", default="9")
+    p.add_argument("--per-fold", type=int, help="smoke: first N records per fold, read from --ptbxl")
+    p.add_argument("--widths", default="64,128,256,512")
+    p.add_argument("--blocks-per-group", type=int, default=4)
+    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v1")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="fold 10 + CinC metrics, plots, model card; --ship")
+    data_args(p)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--cinc", default=str(DATA / "cinc2021-samples"))
+    p.add_argument("--report-dir", default=str(REPO / "model_training" / "report"))
+    p.add_argument("--card", default=str(REPO / "model_training" / "MODEL_CARD"),
+                   help="writes CARD.md and CARD.json")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ship", help="write the evaluated checkpoint here (e.g. the package default)")
+    p.add_argument("--command-log", nargs="*", help="commands to list in the card")
+    p.add_argument("--extra", help="JSON with training_note / reproducibility text for the card")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

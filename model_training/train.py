@@ -1,0 +1,320 @@
+"""Train the shared TriageNet on PTB-XL (folds 1-8), early-stopped on fold 9.
+
+As in the group's code: focal loss (gamma 1) with per-class weights and an auxiliary head
+(loss = L_main + 0.3 L_aux), Adam. Augmentation on the device: amplitude scaling, Gaussian
+noise, baseline wander and a time shift. Every epoch ends with a resumable state
+(``last.pt``); the best epoch by the validation score (mean of overall c and PDI) is kept
+as ``best_state.pt``. After training, the acute threshold is chosen on fold 9
+(sensitivity >= target) and ``model.pt`` is written in the gateway's checkpoint format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ecg_gateway.ecg import CATEGORY_ORDER, INDEPENDENT_LEADS
+from ecg_gateway.triage.model import save_checkpoint
+from ecg_gateway.triage.network import TriageNet
+from ecg_gateway.triage.preprocess import InputContract, preprocess
+from model_training.cache import PtbxlArrays
+from model_training.metrics import overall_c, pdi
+from model_training.policy import ACUTE, choose_acute_threshold
+
+log = structlog.get_logger(__name__)
+K = len(CATEGORY_ORDER)
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    gamma: float = 1.0  # focal loss; 0 = weighted cross-entropy
+    class_weights: str = "sqrt"  # none | sqrt | inverse (of the training class frequency)
+    aux_weight: float = 0.3
+    patience: int = 8
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
+    train_folds: list[int] = field(default_factory=lambda: list(range(1, 9)))
+    val_folds: list[int] = field(default_factory=lambda: [9])
+    target_sensitivity: float = 0.95
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    blocks_per_group: int = 4
+    model_id: str = "ecg-triage-ptbxl100-v1"
+    num_threads: int | None = None
+    time_limit_min: float | None = None  # stop (and finish cleanly) before this wall-clock budget
+    schedule: str = "plateau"  # plateau (x0.5 after 3 flat epochs) | cosine (1-epoch warm-up, per step)
+    ema: float | None = None  # decay of an exponential moving average of the weights (evaluated/kept)
+
+
+CONTRACT = InputContract(fs=100.0, length=1000, leads=INDEPENDENT_LEADS, units="mV", scale=1.0)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def model_inputs(arrays: PtbxlArrays, contract: InputContract = CONTRACT) -> np.ndarray:
+    """Every record through the daemon's own preprocess(): training sees what serving sees."""
+    return np.stack([preprocess(arrays.ecg(i), contract) for i in range(len(arrays.ecg_id))])
+
+
+def class_weights(labels: np.ndarray, mode: str) -> np.ndarray:
+    counts = np.bincount(labels, minlength=K).astype(float)
+    freq = np.maximum(counts, 1) / counts.sum()
+    power = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}[mode]
+    weights = freq ** -power
+    return weights / (weights * freq).sum()  # average weight over the data = 1
+
+
+def focal_loss(logits: Tensor, target: Tensor, weight: Tensor, gamma: float) -> Tensor:
+    """Class-weighted focal loss (Lin et al. 2017); gamma = 0 is weighted cross-entropy."""
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp * weight[target]
+    return loss.sum() / weight[target].sum()
+
+
+def augment(x: Tensor, gen: torch.Generator, fs: float = CONTRACT.fs) -> Tensor:
+    """Plausible recording variation: gain +-20 %, noise <= 0.03 mV, wander <= 0.15 mV, shift <= 0.5 s."""
+    n, leads, length = x.shape
+    dev = x.device
+
+    def rand(*shape: int) -> Tensor:
+        return torch.rand(*shape, generator=gen, device=dev)
+
+    x = x * (0.8 + 0.4 * rand(n, 1, 1))
+    x = x + 0.03 * rand(n, 1, 1) * torch.randn(x.shape, generator=gen, device=dev)
+    t = torch.arange(length, device=dev) / fs
+    freq = 0.05 + 0.45 * rand(n, 1, 1)
+    phase = 2 * math.pi * rand(n, leads, 1)
+    x = x + 0.15 * rand(n, leads, 1) * torch.sin(2 * math.pi * freq * t + phase)
+    shift = (torch.randint(-int(fs // 2), int(fs // 2) + 1, (n, 1), generator=gen, device=dev))
+    idx = torch.arange(length, device=dev)[None, :] - shift
+    valid = ((idx >= 0) & (idx < length)).to(x.dtype)[:, None, :]
+    idx = idx.clamp(0, length - 1)[:, None, :].expand(n, leads, length)
+    return torch.gather(x, 2, idx) * valid
+
+
+@torch.no_grad()
+def predict_probs(net: TriageNet, x: Tensor, batch_size: int = 512) -> np.ndarray:
+    net.eval()
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        with _autocast(xb.device):
+            out.append(torch.softmax(net(xb).float(), dim=1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, K), dtype=np.float32)
+
+
+def _autocast(device: torch.device):  # noqa: ANN202
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def val_score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    c, p = overall_c(labels, probs), pdi(labels, probs)
+    score = np.nanmean([c, p]) if not (math.isnan(c) and math.isnan(p)) else math.nan
+    return {"overall_c": c, "pdi": p, "score": float(score)}
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _split(arrays: PtbxlArrays, folds: list[int]) -> PtbxlArrays:
+    return arrays.subset(np.isin(arrays.fold, folds) & (arrays.label >= 0))
+
+
+def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
+          progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary also written to ``out/summary.json``."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = _resolve_device(cfg.device)
+    tr, va = _split(arrays, cfg.train_folds), _split(arrays, cfg.val_folds)
+    x_tr = torch.from_numpy(model_inputs(tr)).to(device)
+    y_tr = torch.from_numpy(tr.label.astype(np.int64)).to(device)
+    x_va = torch.from_numpy(model_inputs(va)).to(device)
+    weights_np = class_weights(tr.label.astype(np.int64), cfg.class_weights)
+    weights = torch.tensor(weights_np, dtype=torch.float32, device=device)
+    net = TriageNet(in_leads=len(CONTRACT.leads), n_classes=K, fs=CONTRACT.fs, length=CONTRACT.length,
+                    widths=tuple(cfg.widths), blocks_per_group=cfg.blocks_per_group,
+                    aux_head=True).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = x_tr.shape[0]
+    n_batches = max(1, n // cfg.batch_size)
+    sched = _scheduler(opt, cfg, n_batches)
+    ema = (torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if cfg.ema else None)
+    evaluated = ema.module if ema is not None else net
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    state = {"epoch": 0, "step": 0, "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "history": []}
+    last = out / "last.pt"
+    if resume and last.is_file():
+        ckpt = torch.load(last, map_location=device, weights_only=True)
+        net.load_state_dict(ckpt["net"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        gen.set_state(ckpt["gen"].cpu())
+        torch.set_rng_state(ckpt["torch_rng"])
+        state = ckpt["state"]
+        log.info("resumed", epoch=state["epoch"], step=state["step"])
+    log.info("training", device=str(device), n_train=len(tr.label), n_val=len(va.label),
+             class_counts=np.bincount(tr.label, minlength=K).tolist(), weights=weights_np.round(3).tolist())
+    started, epoch_s = time.perf_counter(), 0.0
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+            break
+        if cfg.time_limit_min is not None and (
+                time.perf_counter() - started + 1.2 * epoch_s > 60 * cfg.time_limit_min):
+            log.warning("time_limit", epoch=state["epoch"], minutes=cfg.time_limit_min)
+            state["stopped_by_time_limit"] = True
+            break
+        net.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=device)
+        total = 0.0
+        bar = tqdm(range(n_batches), desc=f"epoch {state['epoch'] + 1}", disable=not progress,
+                   mininterval=2, leave=False)
+        for b in bar:
+            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = x_tr[idx], y_tr[idx]
+            if cfg.augment:
+                xb = augment(xb, gen)
+            with _autocast(device):
+                main, aux = net.forward_train(xb)
+            loss = focal_loss(main, yb, weights, cfg.gamma)
+            if aux is not None and cfg.aux_weight:
+                loss = loss + cfg.aux_weight * focal_loss(aux, yb, weights, cfg.gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
+            if cfg.schedule == "cosine":
+                sched.step()
+            total += float(loss.detach())
+            state["step"] += 1
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                break
+        probs = predict_probs(evaluated, x_va)
+        scores = val_score(va.label.astype(np.int64), probs)
+        state["epoch"] += 1
+        score = scores["score"] if not math.isnan(scores["score"]) else -total
+        if cfg.schedule == "plateau":
+            sched.step(score)
+        entry = {"epoch": state["epoch"], "loss": total / max(1, b + 1), **scores,
+                 "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+        state["history"].append(entry)
+        epoch_s = time.perf_counter() - t0
+        if score > state["best_score"]:
+            state.update(best_score=score, best_epoch=state["epoch"], bad_epochs=0)
+            torch.save({k: v.detach().cpu() for k, v in evaluated.state_dict().items()},
+                       out / "best_state.pt")
+        else:
+            state["bad_epochs"] += 1
+        log.info("epoch", **entry)
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
+                    "config": asdict(cfg)}, last)
+    return finish(cfg, net, x_va, va, state, arrays)
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN202
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+    if cfg.schedule != "cosine":
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    warm, total = steps_per_epoch, max(steps_per_epoch + 1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def finish(cfg: TrainConfig, net: TriageNet, x_va: Tensor, va: PtbxlArrays, state: dict[str, Any],
+           arrays: PtbxlArrays) -> dict[str, Any]:
+    """Reload the best epoch, choose the acute threshold on validation, write model.pt."""
+    out = Path(cfg.out)
+    net.load_state_dict(torch.load(out / "best_state.pt", map_location=x_va.device, weights_only=True))
+    probs = predict_probs(net, x_va)
+    labels = va.label.astype(np.int64)
+    threshold = choose_acute_threshold(labels, probs, cfg.target_sensitivity)
+    np.savez_compressed(out / "val_predictions.npz", probs=probs, labels=labels, ecg_id=va.ecg_id)
+    summary = {"model_id": cfg.model_id, "config": asdict(cfg), "best_epoch": state["best_epoch"],
+               "epochs_run": state["epoch"], "steps": state["step"], "history": state["history"],
+               "thresholds": {ACUTE: threshold}, "val": val_score(labels, probs),
+               "manifest_hash": arrays.manifest_hash, "mapping_version": arrays.mapping_version,
+               "n_train": int(np.isin(arrays.fold, cfg.train_folds).sum()),
+               "n_val": len(labels), "torch": torch.__version__, "git_revision": git_revision(),
+               "stopped_by_time_limit": bool(state.get("stopped_by_time_limit", False)),
+               "device": str(x_va.device)}
+    save_checkpoint(out / "model.pt", net.cpu().eval(), CONTRACT, thresholds={ACUTE: threshold},
+                    metadata=training_metadata(summary))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    log.info("trained", best_epoch=state["best_epoch"], acute_threshold=threshold, **summary["val"])
+    return summary
+
+
+def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
+    """Plain-type checkpoint metadata (evaluate adds the test metrics before shipping)."""
+    val = {k: (None if isinstance(v, float) and math.isnan(v) else float(v))
+           for k, v in summary["val"].items()}
+    return {"model_id": summary["model_id"], "placeholder": False,
+            "mapping_version": summary["mapping_version"], "data_manifest_hash": summary["manifest_hash"],
+            "git_revision": summary["git_revision"], "best_epoch": int(summary["best_epoch"]),
+            "training": {k: summary["config"][k] for k in
+                         ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
+                          "train_folds", "val_folds", "target_sensitivity")},
+            "validation": val, "metrics": None}
+
+
+def git_revision() -> str | None:
+    """HEAD of the repository this code runs from, or $ECG_GIT_REVISION (copies without .git)."""
+    if os.environ.get("ECG_GIT_REVISION"):
+        return os.environ["ECG_GIT_REVISION"]
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None

@@ -1,0 +1,166 @@
+"""The SCP -> triage mapping, the SNOMED mapping, the rate detector and PTB-XL bookkeeping."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from ecg_gateway.ecg import TriageCategory
+from ecg_gateway.inbound.wfdb import read_wfdb
+from model_training.cache import PtbxlArrays
+from model_training.datasets import PtbxlDataset, load_ptbxl_table, v103_dropped_ids
+from model_training.export import class_counts_per_fold
+from model_training.heart_rate import heart_rate_bpm
+from model_training.labels import (
+    MAPPING_VERSION,
+    PTBXL_TABLE,
+    RULES,
+    mapping_hash,
+    mapping_markdown,
+    triage_category,
+)
+from model_training.snomed import SNOMED_TABLE, snomed_category
+from tests.conftest import shared_data
+
+N, ANA, SA, A = (TriageCategory.NORMAL, TriageCategory.ABNORMAL_NOT_ACUTE,
+                 TriageCategory.SUBACUTE, TriageCategory.ACUTE)
+
+
+def test_table_covers_every_scp_statement_once() -> None:
+    with open(shared_data("ptbxl", "scp_statements.csv"), newline="", encoding="utf-8") as fh:
+        codes = {row[""] for row in csv.DictReader(fh)}
+    assert len(codes) == 71
+    assert set(RULES) == codes and len(PTBXL_TABLE) == 71
+    assert all(rule.rationale for rule in PTBXL_TABLE)
+    assert mapping_markdown().count("\n") == 72  # header, rule, one row per statement
+    assert len(mapping_hash()) == 64 and MAPPING_VERSION.startswith("ptbxl-triage-map-")
+
+
+@pytest.mark.parametrize(("codes", "record", "expected"), [
+    ({"NORM": 100.0, "SR": 0.0}, None, N),
+    ({"NORM": 80.0, "SARRH": 0.0}, None, N),
+    ({"NORM": 100.0, "SBRAD": 0.0}, None, ANA),  # NORM never overrides another statement
+    ({"CRBBB": 100.0, "SR": 0.0}, None, ANA),
+    ({"CRBBB": 100.0, "ISC_": 100.0, "SR": 0.0}, None, SA),  # most severe wins
+    ({"CLBBB": 100.0, "SVTAC": 0.0}, None, A),
+    ({"LVH": 100.0, "ISC_": 35.0}, None, ANA),  # likelihood < 50 is ignored
+    ({"ISC_": 15.0}, None, None),  # nothing counts -> unlabelled
+    ({"INJAS": 50.0}, None, A),
+    ({"IMI": 100.0}, {"infarction_stadium1": "Stadium I"}, A),
+    ({"IMI": 100.0}, {"infarction_stadium1": "Stadium I-II"}, A),
+    ({"ASMI": 100.0}, {"infarction_stadium1": "Stadium II"}, SA),
+    ({"ASMI": 100.0}, {"infarction_stadium1": "Stadium II-III"}, SA),
+    ({"ASMI": 100.0}, {"infarction_stadium1": "Stadium III"}, ANA),
+    ({"ASMI": 100.0}, {"infarction_stadium1": "Stadium III", "infarction_stadium2": "Stadium I"}, A),
+    ({"ASMI": 100.0}, {"infarction_stadium1": "unknown"}, SA),
+    ({"ASMI": 100.0}, {"infarction_stadium1": float("nan")}, SA),
+    ({"CLBBB": 100.0}, {"infarction_stadium1": "Stadium I"}, SA),  # stadium without an MI code
+    ({"AFIB": 0.0}, {"heart_rate_bpm": 130.0}, A),
+    ({"AFIB": 0.0}, {"heart_rate_bpm": 85.0}, SA),
+    ({"AFLT": 0.0}, {"heart_rate_bpm": 35.0}, A),
+    ({"AFIB": 0.0}, None, SA),  # no rate known: the base category
+    ({"AFIB": 0.0}, {"heart_rate_bpm": float("nan")}, SA),
+    ({"SBRAD": 0.0}, {"heart_rate_bpm": 36.0}, A),
+    ({"SBRAD": 0.0}, {"heart_rate_bpm": 52.0}, ANA),
+    ({"STACH": 0.0}, {"heart_rate_bpm": 160.0}, A),
+    ({"STACH": 0.0}, {"heart_rate_bpm": 115.0}, ANA),
+])
+def test_triage_category(codes: dict[str, float], record: dict | None, expected: TriageCategory | None) -> None:
+    assert triage_category(codes, record) == expected
+
+
+def test_unknown_statement_is_an_error_not_a_silent_normal() -> None:
+    with pytest.raises(KeyError):
+        triage_category({"XYZ": 100.0})
+
+
+def test_snomed_mapping() -> None:
+    assert snomed_category(["426783006"]) == N
+    assert snomed_category(["426783006", "59118001"]) == ANA
+    assert snomed_category(["164889003", "59118001"], 90.0) == SA
+    assert snomed_category(["164889003"], 125.0) == A
+    assert snomed_category(["426177001"], 35.0) == A
+    assert snomed_category(["164865005", "713422000"]) == A
+    assert snomed_category(["266257000"]) is None  # TIA: not an ECG finding, unmapped
+    assert snomed_category([]) is None
+    scored = shared_data("cinc2021-samples", "dx_mapping_scored.csv")
+    with open(scored, newline="", encoding="utf-8") as fh:
+        assert {row["SNOMEDCTCode"] for row in csv.DictReader(fh)} <= set(SNOMED_TABLE)
+
+
+def test_heart_rate_agrees_with_rhythm_statements() -> None:
+    """The rate rules rely on the detector: check it on real sinus brady/tachycardias."""
+    root = shared_data("ptbxl")
+    table = load_ptbxl_table(root, folds=[10])
+    for code, ok in (("SBRAD", lambda r: 35 < r < 62), ("STACH", lambda r: 98 < r < 180),
+                     ("NORM", lambda r: 45 < r < 101)):
+        rows = table[table["scp_codes"].apply(lambda d, c=code: c in d)].head(6)
+        rates = [heart_rate_bpm(read_wfdb(root / f).signal, 100.0) for f in rows["filename_lr"]]
+        assert sum(ok(r) for r in rates) >= 5, (code, rates)
+    flat = np.zeros((8, 1000), dtype=np.float32)
+    assert math.isnan(heart_rate_bpm(flat, 100.0))
+
+
+def test_ptbxl_table_drops_the_38_v103_duplicates_and_reads_labels() -> None:
+    root = shared_data("ptbxl")
+    dropped = v103_dropped_ids(root)
+    assert len(dropped) == 38 and 137 in dropped and 3801 in dropped
+    table = load_ptbxl_table(root)
+    assert len(table) == 21837 - 38 and not set(dropped) & set(table.index)
+    ds = PtbxlDataset(root, folds=[9, 10], per_fold=2)
+    assert len(ds) == 4
+    item = ds[0]
+    assert item.ecg.fs == 100 and item.ecg.leads[:2] == ("I", "II") and item.meta["fold"] in (9, 10)
+    codes = ast.literal_eval(str(ds.table.iloc[0]["scp_codes"])) if isinstance(
+        ds.table.iloc[0]["scp_codes"], str) else ds.table.iloc[0]["scp_codes"]
+    assert item.label == triage_category(codes, {**ds.table.iloc[0].to_dict(),
+                                                 "heart_rate_bpm": item.meta["heart_rate_bpm"]})
+
+
+def test_class_counts_per_fold_report() -> None:
+    arrays = PtbxlArrays(np.zeros((6, 8, 1000), np.int16), np.arange(6), np.array([1, 1, 9, 9, 10, 10]),
+                         np.array([0, 3, 1, -1, 2, 2], np.int8), np.zeros(6, np.float32), "h", "v")
+    counts = class_counts_per_fold(arrays)
+    assert counts["1"] == {"normal": 1, "abnormal_not_acute": 0, "subacute": 0, "acute": 1,
+                           "unlabelled": 0, "total": 2}
+    assert counts["9"]["unlabelled"] == 1 and counts["10"]["subacute"] == 2
+    assert counts["all"]["total"] == 6
+
+
+def test_db_export_joins_results_with_clinician_labels(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Real SQLite database at migration head: only messages with a result AND a label come out."""
+    from sqlalchemy.orm import Session
+
+    from ecg_gateway.store.db import make_engine, upgrade_to_head
+    from ecg_gateway.store.models import Job, Message, Result
+    from model_training.datasets import DbExportDataset
+
+    url = f"sqlite:///{tmp_path / 'gw.db'}"
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    with Session(engine) as session, session.begin():
+        for i in range(1, 4):
+            msg = Message(source="hl7", idempotency_key=f"k{i}", sha256="0" * 64,
+                          content_type="application/hl7-v2", raw=b"MSH|x", identifiers={})
+            session.add(msg)
+            session.flush()
+            job = Job(message_id=msg.id)
+            session.add(job)
+            session.flush()
+            if i != 3:  # message 3 never got a result
+                session.add(Result(message_id=msg.id, job_id=job.id, category="acute", p_normal=0.1,
+                                   p_abnormal_not_acute=0.1, p_subacute=0.1, p_acute=0.7,
+                                   model_id="m", model_sha256="1" * 64))
+    engine.dispose()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("message_id,category\n1,subacute\n3,normal\n")
+    ds = DbExportDataset(url, labels)
+    assert len(ds) == 1 and ds.rows[0]["id"] == 1 and ds.rows[0]["p_acute"] == 0.7
+    assert ds.labels["1"] == TriageCategory.SUBACUTE
+    labels.write_text("message_id,category\n1,urgent\n")
+    with pytest.raises(ValueError, match="line 2"):
+        DbExportDataset(url, labels)
