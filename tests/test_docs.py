@@ -163,9 +163,9 @@ def test_presentation_context_table_is_what_the_ae_accepts() -> None:
     assert documented == actual  # same syntaxes, in the AE's order of preference
 
 
-def test_deflated_is_accepted_for_verification_only() -> None:
+def test_deflated_is_never_accepted() -> None:
     for cx in conformance.dicom_contexts(DicomConfig(accept_hemodynamic=True)):
-        assert (DeflatedExplicitVRLittleEndian in cx.transfer_syntaxes) == (cx.sop_class_uid == Verification)
+        assert DeflatedExplicitVRLittleEndian not in cx.transfer_syntaxes
     assert list(conformance.dicom_storage_transfer_syntaxes().values()) == [
         "Explicit VR Little Endian", "Implicit VR Little Endian", "Explicit VR Big Endian"]
 
