@@ -311,7 +311,8 @@ def test_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint: Pa
         (tmp_path / "not-yet").mkdir()  # the database comes back
         upgrade_to_head(url)
         enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(1)])
-        while count(sessions, Result) == 0 and time.monotonic() < deadline + 10:
+        # healthy again once the batch that wrote the result has returned
+        while (count(sessions, Result) == 0 or not worker.healthy) and time.monotonic() < deadline + 10:
             time.sleep(0.02)
         assert count(sessions, Result) == 1 and worker.healthy
     finally:

@@ -52,7 +52,7 @@ def build_ae(config: DicomConfig) -> AE:
     all storage classes costs CPU on every cart connection (design.md).
     """
     ae = AE(ae_title=config.ae_title)
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for uid in accepted_sop_classes(config):
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
     ae.maximum_associations = config.max_associations
