@@ -414,11 +414,12 @@ def _shell_commands(text: str) -> Iterator[list[str]]:
 def test_every_documented_command_line_parses() -> None:
     parser = cli._parser()
     seen = set()
-    for name in ("operator-guide.md",):
+    for name in ("operator-guide.md", "admin.md"):
         for args in _shell_commands(doc(name)):
             parser.parse_args(args)  # SystemExit(2) on a wrong command or option
             seen.add(args[0] if args else "")
-    assert {"serve", "db", "status", "check-config", "outbound", "triage"} <= seen
+    assert {"serve", "db", "status", "check-config", "outbound", "triage", "jobs", "replay", "purge",
+            "send-dicom", "send-hl7"} <= seen
 
 
 def test_relative_links_and_anchors_resolve() -> None:
