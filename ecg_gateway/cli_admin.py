@@ -18,7 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ecg_gateway.cli import EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError, Command, _sessions
+from ecg_gateway.cli import (
+    EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError, Command, _sessions,
+)
 from ecg_gateway.config import Config
 
 AddCommand = Callable[[str, Command, str], argparse.ArgumentParser]
@@ -150,11 +152,13 @@ def cmd_send_dicom(args: argparse.Namespace, config: Config) -> int:
     except PeerError as exc:
         raise CliError(f"{args.file}: {exc}", exc.exit_code) from exc
     comment = f" ({answer['error_comment']})" if answer.get("error_comment") else ""
-    line = f"C-STORE to {called}@{host}:{port}: status {answer['status']} {answer['category']}{comment}"
+    line = (f"C-STORE to {called}@{host}:{port}: status {answer['status']} "
+            f"{answer['category']}{comment}")
     if answer["category"] in ("Success", "Warning"):
         _print(args, answer, line)
         return EX_OK
-    _fail_with(args, answer, line, EX_UNAVAILABLE if answer["status"].startswith("0xA7") else EX_DATAERR)
+    retry_later = answer["status"].startswith("0xA7")  # out of resources: the gateway's DB
+    _fail_with(args, answer, line, EX_UNAVAILABLE if retry_later else EX_DATAERR)
 
 
 def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:

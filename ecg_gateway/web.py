@@ -43,8 +43,8 @@ _NOTICES = {"requeued": "Requeued {target}.", "unchanged": "{target} was not dea
 _CSS = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
 h2{font-size:1.1em;margin-top:1.6em}table{border-collapse:collapse;margin:.4em 0}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}th{background:#f2f2f2}
-.acute{color:#b00;font-weight:bold}.bad{color:#b00}.ok{color:#070}.notice{background:#eef;padding:.5em}
-.muted{color:#777}"""
+.acute{color:#b00;font-weight:bold}.bad{color:#b00}.ok{color:#070}
+.notice{background:#eef;padding:.5em}.muted{color:#777}"""
 
 
 def admin_routes(sessions: sessionmaker[Session], admin_token: str | None,
@@ -119,8 +119,8 @@ class AdminPage:
             return _respond(start_response, 405, _page("Method not allowed", "<p>Use POST.</p>"),
                             [("Allow", "POST")])
         if self._token is None:
-            return _respond(start_response, 403, _page(
-                "Forbidden", "<p>Admin actions are disabled: no http.admin_token is configured.</p>"))
+            disabled = "<p>Admin actions are disabled: no http.admin_token is configured.</p>"
+            return _respond(start_response, 403, _page("Forbidden", disabled))
         form = _read_form(environ)
         if form is None:
             return _respond(start_response, 413, _page("Too large", "<p>Form too large.</p>"))
@@ -143,7 +143,8 @@ class AdminPage:
                 "Unavailable", f"<p>Database unavailable ({escape(type(exc).__name__)}).</p>"))
         log.info("admin_retry", peer=peer, target=target, result=notice)
         location = "/?" + urlencode({"notice": notice, "target": target})
-        start_response("303 See Other", [("Location", location), ("Content-Length", "0"), *_HEADERS])
+        start_response("303 See Other",
+                       [("Location", location), ("Content-Length", "0"), *_HEADERS])
         return [b""]
 
     def _authorized(self, environ: dict[str, Any], form: dict[str, str]) -> bool:
@@ -177,7 +178,8 @@ def _notice(query: dict[str, list[str]]) -> str:
     template = _NOTICES.get(query.get("notice", [""])[0])
     if template is None:
         return ""
-    return f"<p class=notice id=notice>{escape(template.format(target=query.get('target', [''])[0]))}</p>"
+    text = template.format(target=query.get("target", [""])[0])
+    return f"<p class=notice id=notice>{escape(text)}</p>"
 
 
 def _counts_html(counts: dict[str, Any]) -> str:
@@ -190,10 +192,13 @@ def _counts_html(counts: dict[str, Any]) -> str:
 
 
 def _recent_html(rows: list[dict[str, Any]]) -> str:
-    body = [[r["message_id"], r["source"], r["received_at"], r["job_id"], r["job_state"],
-             _Raw(f"<span class={escape(r['category'] or '')}>{escape(r['category'] or '')}</span>"),
-             r["triage_ms"], r["outbound_id"], r["outbound_state"], r["delivered_at"],
-             r["received_to_delivered_s"]] for r in rows]
+    body = []
+    for r in rows:
+        category = escape(r["category"] or "")
+        body.append([r["message_id"], r["source"], r["received_at"], r["job_id"], r["job_state"],
+                     _Raw(f"<span class={category}>{category}</span>"), r["triage_ms"],
+                     r["outbound_id"], r["outbound_state"], r["delivered_at"],
+                     r["received_to_delivered_s"]])
     return (f"<h2>Last {RECENT} ECGs</h2>" + _table(
         ["message", "source", "received", "job", "job state", "category", "triage ms", "outbound",
          "ORU state", "delivered", "received to delivered s"], body, "recent"))
@@ -218,7 +223,8 @@ def _table(head: list[str], rows: list[list[Any]], table_id: str) -> str:
 
 
 def _button(target: str, disabled: str) -> _Raw:
-    return _Raw(f"<button type=submit name=target value='{escape(target)}'{disabled}>Retry</button>")
+    return _Raw(f"<button type=submit name=target value='{escape(target)}'{disabled}>"
+                "Retry</button>")
 
 
 def _page(title: str, body: str) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import CursorResult, delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.errors import GatewayError
@@ -75,8 +75,8 @@ def requeue_outbound(sessions: sessionmaker[Session], ids: list[int], *,
 
 def _require_state(s: Session, table: type, ids: list[int], state: str, noun: str) -> None:
     found = dict(s.execute(select(table.id, table.state).where(table.id.in_(ids))).all())
-    problems = [f"{noun} {i} not found" if i not in found else f"{noun} {i} is {found[i]}, not {state}"
-                for i in ids if found.get(i) != state]
+    problems = [f"{noun} {i} not found" if i not in found
+                else f"{noun} {i} is {found[i]}, not {state}" for i in ids if found.get(i) != state]
     if problems:
         raise AdminError("; ".join(problems))
 
@@ -186,7 +186,8 @@ def _delete_rows(s: Session, ids: list[int]) -> dict[str, int]:
                       ("results", delete(Result).where(Result.message_id.in_(ids))),
                       ("jobs", delete(Job).where(Job.message_id.in_(ids))),
                       ("messages", delete(Message).where(Message.id.in_(ids)))):
-        counts[key] = s.execute(stmt.execution_options(synchronize_session=False)).rowcount  # type: ignore[attr-defined]
+        done = s.execute(stmt.execution_options(synchronize_session=False))
+        counts[key] = cast(CursorResult[Any], done).rowcount
     return counts
 
 
