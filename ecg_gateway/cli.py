@@ -171,7 +171,7 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
     """Decode every file first (one-line error, exit 65, on the first bad one), then one batch."""
     from ecg_gateway.errors import CheckpointError, GatewayError
     from ecg_gateway.inbound.decode import decode_file
-    from ecg_gateway.triage.model import load_model
+    from ecg_gateway.triage.model import load_model, override_acute_threshold
     from ecg_gateway.triage.service import Triager
 
     ecgs = []
@@ -183,7 +183,8 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
         except GatewayError as exc:
             raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
     try:
-        model = load_model(config.model.path, device=config.model.device)
+        model = override_acute_threshold(load_model(config.model.path, device=config.model.device),
+                                         config.model.acute_threshold)
     except CheckpointError as exc:
         raise CliError(str(exc), EX_CONFIG) from exc
     outcomes = []

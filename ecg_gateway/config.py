@@ -94,6 +94,9 @@ class OutboundConfig(Section):
 class ModelConfig(Section):
     path: str | None = Field(None, description="checkpoint file; unset = the bundled default model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    acute_threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="override the checkpoint's acute threshold (null = the checkpoint's; see the model card's operating points)")
     batch_size: int = Field(32, ge=1, le=4096)
 
 

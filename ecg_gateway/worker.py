@@ -33,7 +33,7 @@ from ecg_gateway.errors import CheckpointError, GatewayError
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
-from ecg_gateway.triage.model import TriageModel, load_model
+from ecg_gateway.triage.model import TriageModel, load_model, override_acute_threshold
 from ecg_gateway.triage.service import Triager, TriageOutcome
 
 log = structlog.get_logger(__name__)
@@ -126,8 +126,10 @@ class Worker:
                 log.error("model_unavailable", reason=reason, retry_s=self._model_retry_s)
             self._model_error = reason
             return False
+        model = override_acute_threshold(model, self._config.model.acute_threshold)
         self._triager, self._model_error = Triager(model), None
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
+                  "thresholds": dict(model.thresholds),
                   "device": str(model.device), "fs": model.contract.fs, "length": model.contract.length,
                   "leads": list(model.contract.leads)}
         MODEL_INFO.info({k: str(v) for k, v in detail.items() if k in ("model_id", "sha256", "placeholder",

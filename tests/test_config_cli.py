@@ -106,3 +106,17 @@ def test_port_in_use_exits_69(tmp_path: Path) -> None:
                               hl7={"enabled": False}, http={"enabled": False})
         result = run_cli("serve", "--config", str(config), timeout=60)
     assert result.returncode == 69 and "cannot bind DICOM port" in result.stderr
+
+
+def test_acute_threshold_override_changes_the_cli_decision(tmp_path: Path) -> None:
+    """The operator's operating point (model.acute_threshold) replaces the checkpoint's."""
+    ecg = REPO.parent / "shared" / "data" / "ptbxl" / "records100" / "00000" / "00001_lr.hea"
+    if not ecg.exists():
+        pytest.skip("shared data not present")
+    loose = write_config(tmp_path / "loose.yaml", "sqlite:///x.db", model={"acute_threshold": 0.0})
+    strict = write_config(tmp_path / "strict.yaml", "sqlite:///x.db", model={"acute_threshold": 1.0})
+    a = json.loads(run_cli("triage", "--config", str(loose), "--json", str(ecg)).stdout)
+    b = json.loads(run_cli("triage", "--config", str(strict), "--json", str(ecg)).stdout)
+    assert a["probabilities"] == b["probabilities"]
+    assert a["category"] == "acute"
+    assert b["category"] == max(b["probabilities"], key=b["probabilities"].get)

@@ -209,3 +209,12 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
              device=str(model.device), placeholder=model.placeholder, fs=contract.fs,
              length=contract.length, leads=len(contract.leads))
     return model
+
+
+def override_acute_threshold(model: TriageModel, acute: float | None) -> TriageModel:
+    """Apply an operator's ``model.acute_threshold`` (the ward's operating point) to a loaded model."""
+    if acute is not None:
+        model.thresholds = {**model.thresholds, "acute": float(acute)}
+        check_thresholds(model.thresholds)
+        log.info("acute_threshold_overridden", model_id=model.model_id, acute=acute)
+    return model
