@@ -149,9 +149,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    dumped = config.model_dump(mode="json")
-    if dumped["http"].get("admin_token"):
-        dumped["http"]["admin_token"] = "***"
+    from ecg_gateway.config import redacted_dump
+
+    dumped = redacted_dump(config)
     print(json.dumps(dumped, indent=None if args.json else 2, sort_keys=True))
     return EX_OK
 
