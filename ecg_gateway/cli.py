@@ -1,4 +1,4 @@
-"""Command line: ``ecg-gateway serve | db upgrade | status | check-config | triage | outbound``.
+"""Command line: ``ecg-gateway serve | db upgrade | status | check-config | triage | outbound | audit``.
 
 Every command returns an exit code (design.md): 0 ok, 1 crash, 2 usage, 69 a port or the
 database unavailable, 78 bad config / database not at head / unusable checkpoint. Errors are
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     outbound.add_argument("--state", help="list: only rows in this state (pending, sending, delivered, dead)")
     outbound.add_argument("--dead", action="store_true", help="retry: every dead row")
     outbound.add_argument("--json", action="store_true")
+    from ecg_gateway import cli_audit
+
+    cli_audit.register(sub, add)
     return parser
 
 
@@ -210,6 +213,8 @@ def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
         return EX_OK
     if not args.ids and not args.dead:
         raise CliError("outbound retry needs IDs or --dead", EX_USAGE)
-    changed = retry_outbound(sessions, args.ids or None, dead=args.dead)
+    from ecg_gateway.audit import local_actor
+
+    changed = retry_outbound(sessions, args.ids or None, dead=args.dead, actor=f"cli:{local_actor()}")
     print(json.dumps({"requeued": changed}) if args.json else f"requeued {changed} row(s)")
     return EX_OK
