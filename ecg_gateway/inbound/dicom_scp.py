@@ -40,6 +40,7 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 ASSOCIATE_RQ_CAP = 1 << 20
 _UID = re.compile(r"[0-9]+(\.[0-9]*)*")
+_PENDING_LOCK = threading.Lock()
 
 # Deflated Explicit VR LE is deliberately not offered (decompression bombs; reliability.md §0.2).
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
@@ -188,27 +189,47 @@ class EcgAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Per-address cap over associations *and* sockets not yet associated (a TLS handshake
+        in progress is no association yet, but holds a thread all the same)."""
         ip = client_address[0]
         active = sum(1 for a in self.active_associations if a.requestor.address == ip)
-        if active >= self.max_connections_per_ip:
+        with _PENDING_LOCK:
+            pending = self.__dict__.setdefault("_pending", {})
+            if active + pending.get(ip, 0) >= self.max_connections_per_ip:
+                refused = True
+            else:
+                refused = False
+                pending[ip] = pending.get(ip, 0) + 1
+        if refused:
             log.warning("dicom_connection_refused", peer_ip=ip, reason="too many connections from this address")
             self.alert("too many connections from this address", ip, protocol="dicom")
             return False
         return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.tls_context is not None:
-            try:
-                request.settimeout(self.handshake_timeout_s)
-                request = self.tls_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning("dicom_tls_handshake_failed", peer_ip=client_address[0], error=type(exc).__name__)
-                self.alert("TLS handshake failed", client_address[0], protocol="dicom", error=type(exc).__name__)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        try:
+            if self.tls_context is not None:
+                try:
+                    request.settimeout(self.handshake_timeout_s)
+                    request = self.tls_context.wrap_socket(request, server_side=True,
+                                                           do_handshake_on_connect=False)
+                    request.do_handshake()
+                    request.settimeout(None)
+                except (OSError, ssl.SSLError) as exc:
+                    log.warning("dicom_tls_handshake_failed", peer_ip=client_address[0], error=type(exc).__name__)
+                    self.alert("TLS handshake failed", client_address[0], protocol="dicom",
+                               error=type(exc).__name__)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)  # the association thread runs on
+        finally:
+            with _PENDING_LOCK:
+                pending = self.__dict__.setdefault("_pending", {})
+                left = pending.get(client_address[0], 1) - 1
+                if left > 0:
+                    pending[client_address[0]] = left
+                else:
+                    pending.pop(client_address[0], None)
 
 
 def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None) -> None:
