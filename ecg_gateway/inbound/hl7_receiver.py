@@ -91,6 +91,9 @@ class Hl7Receiver:
             header = parse_header(payload)
         except Hl7HeaderError as exc:
             return self._reject("AR", None, exc.code, exc.location, str(exc), peer)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must still get an answer
+            log.error("hl7_decode_crashed", peer=peer, error=type(exc).__name__)
+            return self._reject("AR", None, 207, None, "internal error", peer)
         refusal = self._unsupported(header)
         if refusal is not None:
             code, location, text = refusal
