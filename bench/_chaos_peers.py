@@ -4,7 +4,10 @@ Carts are what a hospital has: a DICOM cart that opens one association per ECG a
 the same object until it gets 0x0000, and an HL7 sender on a persistent MLLP connection
 that resends the same bytes until it gets ``AA`` with its MSH-10. The EHR answers each ORU
 copy with AA after a random hold, or with an injected fault (reliability.md S1): AR, close
-without ACK, AA for another control id, or a stall far past the gateway's ACK timeout.
+without ACK, AA for another control id, or a stall far past the gateway's ACK timeout. It is
+idempotent by MSH-10, as the gateway's at-least-once guarantee requires: a copy of an ORU it
+already accepted gets AA again (never a fault: an AR to a duplicate would make the gateway
+dead-letter a result the EHR holds).
 """
 
 from __future__ import annotations
@@ -193,7 +196,9 @@ class ChaosEhr:
                     if not isinstance(item, bytes):
                         continue
                     control_id = item.split(b"\r", 1)[0].split(b"|")[9].decode()
-                    verdict = self._verdict()
+                    # an idempotent receiver: a control id it already accepted is a duplicate: AA
+                    accepted = any(c.control_id == control_id and c.verdict in ("AA", "stall") for c in self.copies)
+                    verdict = "AA" if accepted else self._verdict()
                     self.copies.append(Copy(control_id, hashlib.sha256(item).hexdigest(), verdict, time.time()))
                     if verdict == "close":
                         return

@@ -36,7 +36,8 @@ def test_t1_sixty_ecgs_five_sigkills_nothing_lost_nothing_doubled(tmp_path: Path
     report = run(spec, tmp_path, log=lambda line: None)
     assert failures(report) == [], report
     assert report["kills"] == 5 and report["acked"] == 60 and report["lost"] == 0
-    assert report["non_terminal"] == 0 and report["outbound"].get("delivered") == 60  # every ORU once
+    assert report["non_terminal"] == 0 and report["jobs"] == {"done": 60}
+    assert report["outbound"] == {"delivered": 60}  # every ORU delivered, none dead
     assert report["orus_on_wire"] - 60 == report["duplicates_after_aa"] <= report["interrupted_sends"]
     assert {"ingest", "send"} <= set(report["kills_hit"]), report["kills_hit"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("gw.db")) == ["chaos.yaml"]

@@ -58,6 +58,25 @@ def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
         assert [c.id for c in claim(s, Job, limit=5, lease_s=5)] == [3]
 
 
+def test_t2_a_crashed_batch_is_reclaimed_one_row_at_a_time(sessions) -> None:
+    """A crash costs the whole batch one attempt; the re-run isolates the rows, so a row that
+    crashes the process again uses up only its own attempts."""
+    ingestor = Ingestor(sessions, max_attempts=3)
+    for i in range(5):
+        ingestor.accept(_msg(f"1.5.{i}"))
+    with sessions.begin() as s:
+        assert len(claim(s, Job, limit=4, lease_s=0.3, isolate_expired=True)) == 4  # then the process dies
+    time.sleep(0.5)
+    reclaimed = []
+    for _ in range(4):
+        with sessions.begin() as s:
+            (one,) = claim(s, Job, limit=4, lease_s=30, isolate_expired=True)
+            reclaimed.append((one.id, one.attempts))
+    assert reclaimed == [(1, 2), (2, 2), (3, 2), (4, 2)]
+    with sessions.begin() as s:  # no expired row left: back to full batches of fresh work
+        assert [(c.id, c.attempts) for c in claim(s, Job, limit=4, lease_s=30, isolate_expired=True)] == [(5, 1)]
+
+
 def test_concurrent_claimers_on_postgres_claim_each_job_exactly_once(pg_url: str) -> None:
     """Four claimers with their own connections drain 200 jobs; no job is claimed twice."""
     import threading
