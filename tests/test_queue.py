@@ -16,7 +16,7 @@ def _msg(key: str, raw: bytes = b"x") -> InboundMessage:
                           peer="CART1", ecg_uid=key, identifiers={"patient_id": "P1"})
 
 
-def test_ingest_stores_message_and_job_once(sessions) -> None:
+def test_t6_ingest_stores_message_and_job_once(sessions) -> None:
     ingestor = Ingestor(sessions)
     outcomes = [ingestor.accept(_msg("1.2.3")).outcome for _ in range(3)]
     assert outcomes == [IngestOutcome.STORED, IngestOutcome.DUPLICATE, IngestOutcome.DUPLICATE]
@@ -28,7 +28,7 @@ def test_ingest_stores_message_and_job_once(sessions) -> None:
     assert kinds == ["received", "received_conflict", "received_duplicate", "received_duplicate"]
 
 
-def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
+def test_t2_claim_priority_lease_expiry_and_dead(sessions) -> None:
     ingestor = Ingestor(sessions, max_attempts=2)
     for i in range(3):
         ingestor.accept(_msg(f"1.2.{i}"))
