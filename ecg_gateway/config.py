@@ -45,6 +45,8 @@ class DicomConfig(Section):
     max_pdu_bytes: int = Field(1 << 20, ge=4096, le=64 << 20,
                                description="largest PDU we accept; longer length claims drop the connection")
     max_connections_per_ip: int = Field(8, ge=1, description="idle sockets must not exhaust max_associations")
+    max_dataset_bytes: int = Field(16 << 20, ge=1 << 20, le=1 << 30,
+                                   description="a C-STORE data set above this drops the connection (an ECG is ~1 MB)")
     tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS")
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")

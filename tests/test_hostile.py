@@ -264,3 +264,20 @@ def test_t7_disk_full_answers_a700_and_ar207_leaves_nothing_and_recovers(
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert proc.proc.poll() is None  # SIGXFSZ did not kill it (Python ignores the signal)
+
+
+def test_t12_oversized_data_set_is_cut_off_and_the_next_cart_is_served(
+        ingest_gateway: tuple[GatewayProcess, str]) -> None:
+    """pynetdicom buffers P-DATA fragments without limit: past dicom.max_dataset_bytes (16 MiB)
+    the connection is dropped, and memory stays bounded."""
+    proc, db_url = ingest_gateway
+    huge = ecg_dataset()
+    huge.add_new(0x00091010, "OB", b"\x00" * (40 * MB))  # a private blob: 40 MB in one C-STORE
+    rss_before = _rss(proc.proc.pid)
+    status, _ = _cstore(proc.ports["dicom"], huge)
+    rss_after = _rss(proc.proc.pid)
+    assert status is None  # aborted, no status
+    assert rss_after - rss_before < 40 * MB, (rss_before, rss_after)
+    assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0x0000
+    assert _counts(db_url) == (1, 1)
+    assert "dicom_dataset_too_large" in proc.output()

@@ -232,12 +232,16 @@ class EcgAssociationServer(ThreadedAssociationServer):
                     pending.pop(client_address[0], None)
 
 
-def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None) -> None:
-    """Refuse PDUs longer than we accept (pynetdicom reads whatever length is claimed).
+def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None,
+                    max_dataset_bytes: int = 16 << 20) -> None:
+    """Refuse PDUs longer than we accept (pynetdicom reads whatever length is claimed), and
+    data sets larger than ``max_dataset_bytes`` (pynetdicom appends P-DATA fragments to one
+    buffer without limit, so a peer could stream gigabytes into one C-STORE).
 
     Before the association is established the cap is 1 MiB (real A-ASSOCIATE-RQs are a few
     KB); after it, our advertised maximum PDU plus the 6-byte header. A longer claim closes
-    the connection before any of the claimed bytes are buffered.
+    the connection before any of the claimed bytes are buffered; so does the next read once
+    the message being received has buffered more than the data set cap.
     """
     if getattr(AssociationSocket.recv, "_ecg_capped", False):
         AssociationSocket.recv = AssociationSocket.recv.__wrapped__  # type: ignore[attr-defined,method-assign]
@@ -253,10 +257,29 @@ def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None
                 alert("PDU length above the cap", str(assoc.requestor.address), protocol="dicom",
                       claimed=nr_bytes)
             raise OSError("PDU length exceeds the configured cap")
+        buffered = _buffered_message_bytes(assoc)
+        if buffered > max_dataset_bytes and assoc.is_acceptor:
+            log.warning("dicom_dataset_too_large", buffered=buffered, cap=max_dataset_bytes)
+            if alert is not None:
+                alert("data set above the cap", str(assoc.requestor.address), protocol="dicom",
+                      buffered=buffered)
+            raise OSError("data set exceeds the configured cap")
         return original(self, nr_bytes)
 
     recv._ecg_capped = True  # type: ignore[attr-defined]
     AssociationSocket.recv = recv  # type: ignore[method-assign]
+
+
+def _buffered_message_bytes(assoc: Any) -> int:
+    """Bytes pynetdicom holds for the DIMSE message being received (command + data set)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    if message is None:
+        return 0
+    total = 0
+    for buffer in (message.encoded_command_set, message.data_set):
+        if isinstance(buffer, BytesIO):
+            total += buffer.tell()  # fragments are appended: the position is the size
+    return total
 
 
 def tls_context(config: DicomConfig) -> ssl.SSLContext | None:
@@ -270,7 +293,7 @@ def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssoc
     """Bind and start the SCP in its own threads; ``server.server_address`` has the port."""
     ae = build_ae(config)
     handler = StoreHandler(ingestor, config)
-    install_pdu_cap(config.max_pdu_bytes, ingestor.audit.alert)
+    install_pdu_cap(config.max_pdu_bytes, ingestor.audit.alert, config.max_dataset_bytes)
     server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
                             server_class=EcgAssociationServer)
     server.alert = ingestor.audit.alert
