@@ -1,6 +1,6 @@
 """atheris harness for the dicom target (see fuzz/targets.py and fuzz/README.md).
 
-    python fuzz/fuzz_dicom.py fuzz/corpus/dicom -max_total_time=600
+    python fuzz/fuzz_dicom.py fuzz/work/dicom fuzz/corpus/dicom -max_total_time=600
 """
 
 import sys

@@ -1,6 +1,6 @@
 """atheris harness for the hl7 target (see fuzz/targets.py and fuzz/README.md).
 
-    python fuzz/fuzz_hl7.py fuzz/corpus/hl7 -max_total_time=600
+    python fuzz/fuzz_hl7.py fuzz/work/hl7 fuzz/corpus/hl7 -max_total_time=600
 """
 
 import sys

@@ -1,6 +1,6 @@
 """atheris harness for the mllp target (see fuzz/targets.py and fuzz/README.md).
 
-    python fuzz/fuzz_mllp.py fuzz/corpus/mllp -max_total_time=600
+    python fuzz/fuzz_mllp.py fuzz/work/mllp fuzz/corpus/mllp -max_total_time=600
 """
 
 import sys
