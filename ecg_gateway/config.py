@@ -125,8 +125,8 @@ class WorkerConfig(Section):
 
 class SecurityConfig(Section):
     allow_root: Literal["auto"] | bool = Field(
-        "auto", description="auto = as root only when every listener is on loopback and no service manager "
-                            "started us; false = never; true = always (not recommended)")
+        "auto", description="auto = as root only while every listener is on loopback; false = never; "
+                            "true = always (not recommended)")
 
 
 class LoggingConfig(Section):

@@ -4,10 +4,11 @@ Root (reliability.md §4, "refuse uid 0"): a network-facing parser running as ro
 parser bug into a root compromise. ``security.allow_root`` decides:
 
 * ``false``: never run as root.
-* ``auto`` (default): run as root only when every enabled listener is bound to a loopback
-  address and no service manager started us (systemd sets ``INVOCATION_ID``). That keeps the
-  README's one-line start working on a fresh machine (root, defaults on 127.0.0.1) while a
-  deployment that faces the network, or a systemd unit without ``User=``, is refused.
+* ``auto`` (default): run as root only while every enabled listener is bound to a loopback
+  address. That keeps the README's one-line start working on a fresh machine (root, every
+  default on 127.0.0.1) while any deployment that faces the network is refused. (Refusing
+  under a service manager too was considered: systemd's ``INVOCATION_ID`` is inherited by
+  CI jobs started from runner services, which would break the one-liner there.)
 * ``true``: always (logged as a warning at every start).
 
 TLS (BCP 195): TLS >= 1.2 everywhere; a server asks for client certificates when given a CA.
@@ -18,12 +19,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
-from collections.abc import Mapping
 
 from ecg_gateway.config import Config
-
-SERVICE_MANAGER_VARS = ("INVOCATION_ID", "NOTIFY_SOCKET")
-
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -41,10 +38,9 @@ def exposed_listeners(config: Config) -> list[str]:
     return [f"{name}={host or '*'}" for name, enabled, host in listeners if enabled and not _is_loopback(host)]
 
 
-def root_refusal(config: Config, euid: int | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """Why this process must not start as it is, or None. Pure: the caller passes uid/env in tests."""
+def root_refusal(config: Config, euid: int | None = None) -> str | None:
+    """Why this process must not start as it is, or None (pure when ``euid`` is given)."""
     euid = os.geteuid() if euid is None else euid
-    environ = os.environ if environ is None else environ
     policy = config.security.allow_root
     if euid != 0 or policy is True:
         return None
@@ -54,9 +50,6 @@ def root_refusal(config: Config, euid: int | None = None, environ: Mapping[str, 
     exposed = exposed_listeners(config)
     if exposed:
         return f"refusing to run as root with listeners off loopback ({', '.join(exposed)}): {hint}"
-    manager = [name for name in SERVICE_MANAGER_VARS if environ.get(name)]
-    if manager:
-        return f"refusing to run as root under a service manager ({manager[0]} is set): {hint}"
     return None
 
 

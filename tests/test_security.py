@@ -154,16 +154,15 @@ def _cfg(**sections: dict[str, object]) -> Config:
 
 def test_t15_root_policy() -> None:
     loopback, exposed = _cfg(), _cfg(dicom={"host": "0.0.0.0"})
-    assert root_refusal(loopback, euid=1000, environ={}) is None  # never a question for other users
-    assert root_refusal(exposed, euid=1000, environ={"INVOCATION_ID": "x"}) is None
-    assert root_refusal(loopback, euid=0, environ={}) is None  # the README's one-liner on a fresh box
-    assert "dicom=0.0.0.0" in root_refusal(exposed, euid=0, environ={})  # type: ignore[operator]
-    assert "hl7=10.0.0.5" in root_refusal(_cfg(hl7={"host": "10.0.0.5"}), euid=0, environ={})  # type: ignore[operator]
-    assert root_refusal(_cfg(hl7={"host": "10.0.0.5", "enabled": False}), euid=0, environ={}) is None
-    assert "INVOCATION_ID" in root_refusal(loopback, euid=0, environ={"INVOCATION_ID": "abc"})  # type: ignore[operator]
-    assert "false" in root_refusal(_cfg(security={"allow_root": False}), euid=0, environ={})  # type: ignore[operator]
-    assert root_refusal(_cfg(security={"allow_root": True}, dicom={"host": "0.0.0.0"}), euid=0, environ={}) is None
-    assert root_refusal(_cfg(http={"host": "::1"}, hl7={"host": "localhost"}), euid=0, environ={}) is None
+    assert root_refusal(loopback, euid=1000) is None and root_refusal(exposed, euid=1000) is None  # not root
+    assert root_refusal(loopback, euid=0) is None  # the README's one-liner on a fresh box
+    assert "dicom=0.0.0.0" in root_refusal(exposed, euid=0)  # type: ignore[operator]
+    assert "hl7=10.0.0.5" in root_refusal(_cfg(hl7={"host": "10.0.0.5"}), euid=0)  # type: ignore[operator]
+    assert "http=*" in root_refusal(_cfg(http={"host": ""}), euid=0)  # type: ignore[operator]
+    assert root_refusal(_cfg(hl7={"host": "10.0.0.5", "enabled": False}), euid=0) is None
+    assert "false" in root_refusal(_cfg(security={"allow_root": False}), euid=0)  # type: ignore[operator]
+    assert root_refusal(_cfg(security={"allow_root": True}, dicom={"host": "0.0.0.0"}), euid=0) is None
+    assert root_refusal(_cfg(http={"host": "::1"}, hl7={"host": "localhost"}), euid=0) is None
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs to run as root to see the refusal")
