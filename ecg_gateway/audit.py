@@ -60,7 +60,7 @@ SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = 0, 4, 8
 
 
 @dataclass(frozen=True, slots=True)
-class Mapping:
+class AuditMessage:
     """How one event kind reads as a PS3.15 A.5 audit message."""
 
     event_id: Code
@@ -78,24 +78,24 @@ class Mapping:
 
 #: Event kind -> PS3.15 A.5 message. Kinds absent here (e.g. ``sent``, an attempt starting)
 #: are internal transitions and export with ``"dicom": null``.
-DICOM_AUDIT: dict[str, Mapping] = {
-    "app_start": Mapping(APPLICATION_ACTIVITY, "E", SUCCESS, APPLICATION_START),
-    "app_stop": Mapping(APPLICATION_ACTIVITY, "E", SUCCESS, APPLICATION_STOP),
-    "config_loaded": Mapping(SECURITY_ALERT, "E", SUCCESS, SOFTWARE_CONFIGURATION),
-    "model_loaded": Mapping(SECURITY_ALERT, "E", SUCCESS, SOFTWARE_CONFIGURATION),
-    "received": Mapping(INSTANCES_TRANSFERRED, "C", SUCCESS),
-    "received_duplicate": Mapping(INSTANCES_TRANSFERRED, "R", SUCCESS),
-    "received_conflict": Mapping(INSTANCES_TRANSFERRED, "R", MINOR_FAILURE),
-    "rejected": Mapping(INSTANCES_TRANSFERRED, "C", MINOR_FAILURE),
-    "triaged": Mapping(INSTANCES_ACCESSED, "R", SUCCESS),
-    "triage_failed": Mapping(INSTANCES_ACCESSED, "R", MINOR_FAILURE),
-    "delivered": Mapping(EXPORT, "R", SUCCESS),
-    "send_failed": Mapping(EXPORT, "R", MINOR_FAILURE),
-    "dead": Mapping(EXPORT, "R", SERIOUS_FAILURE),
-    "security_alert": Mapping(SECURITY_ALERT, "E", MINOR_FAILURE, NODE_AUTHENTICATION),
-    "outbound_retry": Mapping(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
-    "admin_action": Mapping(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
-    "audit_log_used": Mapping(AUDIT_LOG_USED, "R", SUCCESS),
+DICOM_AUDIT: dict[str, AuditMessage] = {
+    "app_start": AuditMessage(APPLICATION_ACTIVITY, "E", SUCCESS, APPLICATION_START),
+    "app_stop": AuditMessage(APPLICATION_ACTIVITY, "E", SUCCESS, APPLICATION_STOP),
+    "config_loaded": AuditMessage(SECURITY_ALERT, "E", SUCCESS, SOFTWARE_CONFIGURATION),
+    "model_loaded": AuditMessage(SECURITY_ALERT, "E", SUCCESS, SOFTWARE_CONFIGURATION),
+    "received": AuditMessage(INSTANCES_TRANSFERRED, "C", SUCCESS),
+    "received_duplicate": AuditMessage(INSTANCES_TRANSFERRED, "R", SUCCESS),
+    "received_conflict": AuditMessage(INSTANCES_TRANSFERRED, "R", MINOR_FAILURE),
+    "rejected": AuditMessage(INSTANCES_TRANSFERRED, "C", MINOR_FAILURE),
+    "triaged": AuditMessage(INSTANCES_ACCESSED, "R", SUCCESS),
+    "triage_failed": AuditMessage(INSTANCES_ACCESSED, "R", MINOR_FAILURE),
+    "delivered": AuditMessage(EXPORT, "R", SUCCESS),
+    "send_failed": AuditMessage(EXPORT, "R", MINOR_FAILURE),
+    "dead": AuditMessage(EXPORT, "R", SERIOUS_FAILURE),
+    "security_alert": AuditMessage(SECURITY_ALERT, "E", MINOR_FAILURE, NODE_AUTHENTICATION),
+    "outbound_retry": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "admin_action": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "audit_log_used": AuditMessage(AUDIT_LOG_USED, "R", SUCCESS),
 }
 
 
