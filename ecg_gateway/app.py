@@ -9,6 +9,8 @@ A second signal forces an immediate exit. A crash needs no cleanup: leases expir
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import signal
 import threading
@@ -21,7 +23,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ecg_gateway.config import Config
+from ecg_gateway import __version__
+from ecg_gateway.audit import local_actor
+from ecg_gateway.config import Config, redacted_dump
+from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
 from ecg_gateway.store.ingest import Ingestor
 
@@ -78,17 +83,37 @@ class Gateway:
         return self.role == "all" or self.role == part
 
     async def run(self) -> int:
+        self._check_privileges()
         self.engine, self.sessions = open_database(self.config)
         self.ingestor = Ingestor(self.sessions, max_attempts=self.config.worker.max_attempts,
                                  on_commit=self.nudge.set, serialize=is_sqlite(self.config.database.url))
+        self._audit_config()
         self._install_signal_handlers()
         try:
             await self._start()
             log.info("gateway_started", role=self.role, ports=self.bound, process_id=os.getpid())
+            self.ingestor.audit.record("app_start", actor=local_actor(), detail={
+                "version": __version__, "role": self.role, "ports": self.bound, "process_id": os.getpid()})
             await self._stopping.wait()
         finally:
             await self._stop()
         return 0
+
+    def _check_privileges(self) -> None:
+        """Least privilege (security.py): refuse root unless the policy allows it here."""
+        refusal = root_refusal(self.config)
+        if refusal is not None:
+            raise StartupError(refusal, EX_CONFIG)
+        if os.geteuid() == 0:
+            log.warning("running_as_root", allow_root=self.config.security.allow_root,
+                        advice="run as an unprivileged user in production")
+
+    def _audit_config(self) -> None:
+        dumped = json.dumps(redacted_dump(self.config), sort_keys=True).encode()
+        self.ingestor.audit.record("config_loaded", actor=local_actor(), detail={
+            "sha256": hashlib.sha256(dumped).hexdigest(), "role": self.role,
+            "tls": {"dicom": bool(self.config.dicom.tls_cert_file), "hl7": bool(self.config.hl7.tls_cert_file),
+                    "outbound": self.config.outbound.tls}})
 
     async def _start(self) -> None:
         if self.wants("sender"):
@@ -224,6 +249,9 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._ops_server is not None:
             self._ops_server.shutdown()
+        if hasattr(self, "ingestor"):
+            self.ingestor.audit.record("app_stop", actor=local_actor(), detail={"process_id": os.getpid()})
+            await asyncio.to_thread(self.ingestor.audit.flush, 5.0)
         if hasattr(self, "engine"):
             self.engine.dispose()
         log.info("gateway_stopped")

@@ -1,4 +1,4 @@
-"""Command line: ``ecg-gateway serve | db upgrade | status | check-config | triage | outbound``.
+"""Command line: ``ecg-gateway serve | db upgrade | status | check-config | triage | outbound | audit``.
 
 Every command returns an exit code (design.md): 0 ok, 1 crash, 2 usage, 69 a port or the
 database unavailable, 78 bad config / database not at head / unusable checkpoint. Errors are
@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     from ecg_gateway.cli_admin import register as register_admin
 
     register_admin(sub, add)  # jobs, replay, purge, send-dicom, send-hl7
+    from ecg_gateway import cli_audit
+
+    cli_audit.register(sub, add)
     return parser
 
 
@@ -160,9 +163,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    dumped = config.model_dump(mode="json")
-    if dumped["http"].get("admin_token"):
-        dumped["http"]["admin_token"] = "***"
+    from ecg_gateway.config import redacted_dump
+
+    dumped = redacted_dump(config)
     print(json.dumps(dumped, indent=None if args.json else 2, sort_keys=True))
     return EX_OK
 
@@ -222,6 +225,8 @@ def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
         return EX_OK
     if not args.ids and not args.dead:
         raise CliError("outbound retry needs IDs or --dead", EX_USAGE)
-    changed = retry_outbound(sessions, args.ids or None, dead=args.dead)
+    from ecg_gateway.audit import local_actor
+
+    changed = retry_outbound(sessions, args.ids or None, dead=args.dead, actor=f"cli:{local_actor()}")
     print(json.dumps({"requeued": changed}) if args.json else f"requeued {changed} row(s)")
     return EX_OK

@@ -25,7 +25,9 @@ class Section(BaseModel):
 
 
 class DatabaseConfig(Section):
-    url: str = Field("sqlite:///ecg-gateway.db", description="SQLAlchemy URL; SQLite file or postgresql+psycopg://")
+    url: str = Field("sqlite:///ecg-gateway.db", description="SQLAlchemy URL; SQLite file or postgresql+psycopg://"
+                     " (a password only via the environment or password_file)")
+    password_file: str | None = Field(None, description="file holding the database password (secret)")
     auto_upgrade: bool = Field(True, description="SQLite only: run migrations at start; PostgreSQL must be at head")
 
 
@@ -37,12 +39,14 @@ class DicomConfig(Section):
     allowed_calling_ae_titles: list[str] = Field(default_factory=list, description="empty = any")
     accept_hemodynamic: bool = Field(False, description="also accept Hemodynamic Waveform Storage (some GE carts)")
     max_associations: int = Field(16, ge=1)
-    acse_timeout_s: float = Field(10.0, gt=0)
+    acse_timeout_s: float = Field(5.0, gt=0, description="an idle socket holds an association slot this long")
     dimse_timeout_s: float = Field(30.0, gt=0)
-    network_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(30.0, gt=0)
     max_pdu_bytes: int = Field(1 << 20, ge=4096, le=64 << 20,
                                description="largest PDU we accept; longer length claims drop the connection")
     max_connections_per_ip: int = Field(8, ge=1, description="idle sockets must not exhaust max_associations")
+    max_dataset_bytes: int = Field(16 << 20, ge=1 << 20, le=1 << 30,
+                                   description="a C-STORE data set above this drops the connection (an ECG is ~1 MB)")
     tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS")
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")
@@ -57,13 +61,19 @@ class Hl7Config(Section):
     message_timeout_s: float = Field(30.0, gt=0, description="deadline for one frame once it started")
     idle_timeout_s: float = Field(300.0, gt=0)
     max_connections: int = Field(64, ge=1)
+    max_connections_per_ip: int = Field(8, ge=1, description="idle sockets from one address must not exhaust max_connections")
+    tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS (>= 1.2)")
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")
 
 
 class HttpConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 = any free port (logged)")
-    admin_token: str | None = Field(None, description="protects admin actions on the web page")
+    admin_token: str | None = Field(None, description="protects admin actions on the web page; secret: set it "
+                                    "only by ECG_GATEWAY__HTTP__ADMIN_TOKEN or admin_token_file")
+    admin_token_file: str | None = Field(None, description="file holding the admin token")
 
 
 class OutboundConfig(Section):
@@ -81,6 +91,16 @@ class OutboundConfig(Section):
     receiving_application: str = "EHR"
     receiving_facility: str = "HOSP"
     processing_id: Literal["P", "T", "D"] = "P"
+    lease_s: float | None = Field(None, gt=0, description="a send holds its row this long before a restarted "
+                                  "sender may resend it; null = connect + 2 x ACK timeout + 60 s")
+    tls_ca_file: str | None = Field(None, description="PEM CA bundle to verify the EHR; setting any tls_* key "
+                                    "turns TLS (>= 1.2) on")
+    tls_cert_file: str | None = Field(None, description="client certificate, if the EHR requires one")
+    tls_key_file: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
 
     @field_validator("categories")
     @classmethod
@@ -113,6 +133,11 @@ class RetentionConfig(Section):
     run_at: str = Field("03:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
                         description="local time (HH:MM) of the daily purge")
 
+class SecurityConfig(Section):
+    allow_root: Literal["auto"] | bool = Field(
+        "auto", description="auto = as root only while every listener is on loopback; false = never; "
+                            "true = always (not recommended)")
+
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -136,6 +161,7 @@ class Config(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -160,12 +186,75 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         data = loaded or {}
     _reject_unknown_env_keys()
+    _reject_secrets_in_file(data)
     try:
-        return Config(**data)
+        config = Config(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"invalid config key {key}: {first['msg']}") from exc
+    return _with_secret_files(config)
+
+
+# --- secrets: only from the environment or *_file keys, never printed ----------------------
+
+def _reject_secrets_in_file(data: dict[str, Any]) -> None:
+    """A config file gets copied, mailed and committed; secrets must not live in it."""
+    http, database = data.get("http") or {}, data.get("database") or {}
+    if isinstance(http, dict) and http.get("admin_token"):
+        raise ConfigError("invalid config key http.admin_token: secrets are not read from the config file; "
+                          "use ECG_GATEWAY__HTTP__ADMIN_TOKEN or http.admin_token_file")
+    url = database.get("url") if isinstance(database, dict) else None
+    if isinstance(url, str) and _url_password(url):
+        raise ConfigError("invalid config key database.url: a password is not read from the config file; "
+                          "use ECG_GATEWAY__DATABASE__URL, database.password_file or PGPASSFILE")
+
+
+def _url_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password  # type: ignore[return-value]
+    except ArgumentError:
+        return None
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"invalid config key {key}: cannot read {path}: {exc.strerror}") from exc
+    if not value:
+        raise ConfigError(f"invalid config key {key}: {path} is empty")
+    return value
+
+
+def _with_secret_files(config: Config) -> Config:
+    """Fill secrets from their ``*_file`` keys (the environment value wins if both are set)."""
+    updates: dict[str, Any] = {}
+    if config.http.admin_token_file and not config.http.admin_token:
+        token = _read_secret(config.http.admin_token_file, "http.admin_token_file")
+        updates["http"] = config.http.model_copy(update={"admin_token": token})
+    if config.database.password_file and not _url_password(config.database.url):
+        from sqlalchemy.engine import make_url
+
+        password = _read_secret(config.database.password_file, "database.password_file")
+        url = make_url(config.database.url).set(password=password).render_as_string(hide_password=False)
+        updates["database"] = config.database.model_copy(update={"url": url})
+    return config.model_copy(update=updates) if updates else config
+
+
+def redacted_dump(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data with every secret masked (for any dump)."""
+    dumped = config.model_dump(mode="json")
+    if dumped["http"].get("admin_token"):
+        dumped["http"]["admin_token"] = "***"
+    if _url_password(dumped["database"]["url"]):
+        from sqlalchemy.engine import make_url
+
+        dumped["database"]["url"] = make_url(dumped["database"]["url"]).render_as_string(hide_password=True)
+    return dumped
 
 
 def _reject_unknown_env_keys() -> None:

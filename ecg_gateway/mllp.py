@@ -169,44 +169,77 @@ Handler = Callable[[bytes, str], Awaitable[Reply]]
 TooLargeHandler = Callable[[FrameTooLarge, str], Awaitable[Reply]]
 
 
+#: Told about every refused connection: (peer "ip:port", reason).
+RefusalHook = Callable[[str, str], None]
+
+
 class _Limits:
     def __init__(self, max_frame_bytes: int, message_timeout_s: float, idle_timeout_s: float,
-                 max_connections: int) -> None:
+                 max_connections: int, max_connections_per_ip: int | None) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.message_timeout_s = message_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip or max_connections
         self.active = 0
+        self.per_ip: dict[str, int] = {}
+
+    def refusal(self, ip: str) -> str | None:
+        if self.active >= self.max_connections:
+            return "max_connections"
+        if self.per_ip.get(ip, 0) >= self.max_connections_per_ip:
+            return "max_connections_per_ip"
+        return None
+
+    def enter(self, ip: str) -> None:
+        self.active += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+
+    def leave(self, ip: str) -> None:
+        self.active -= 1
+        left = self.per_ip.get(ip, 1) - 1
+        if left:
+            self.per_ip[ip] = left
+        else:
+            self.per_ip.pop(ip, None)
 
 
 async def serve_mllp(
     handler: Handler, host: str, port: int, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     message_timeout_s: float = 30.0, idle_timeout_s: float = 300.0, max_connections: int = 64,
     ssl_context: ssl.SSLContext | None = None, too_large_handler: TooLargeHandler | None = None,
+    max_connections_per_ip: int | None = None, on_refused: RefusalHook | None = None,
 ) -> asyncio.Server:
     """Start an MLLP listener; ``handler(payload, "ip:port")`` returns the ACK payload(s) or None.
 
     Messages on one connection are handled one at a time, so ACKs go out in order. A frame
     not finished within ``message_timeout_s`` of its ``<VT>`` closes the connection without
     an ACK (slow-loris); so does ``idle_timeout_s`` without a complete message. Connections
-    above ``max_connections`` are closed at once. ``too_large_handler`` may answer a frame
-    that exceeded the cap (given its first bytes); without it the frame is dropped silently.
+    above ``max_connections``, or above ``max_connections_per_ip`` from one address (idle
+    sockets from one host must not lock every sender out), are closed at once and reported to
+    ``on_refused``. ``too_large_handler`` may answer a frame that exceeded the cap (given its
+    first bytes); without it the frame is dropped silently.
     """
-    limits = _Limits(max_frame_bytes, message_timeout_s, idle_timeout_s, max_connections)
+    limits = _Limits(max_frame_bytes, message_timeout_s, idle_timeout_s, max_connections,
+                     max_connections_per_ip)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
-        if limits.active >= limits.max_connections:
-            log.warning("mllp_connection_refused", peer=peer, reason="max_connections")
+        ip = peer.rsplit(":", 1)[0]
+        reason = limits.refusal(ip)
+        if reason is not None:
+            log.warning("mllp_connection_refused", peer=peer, reason=reason)
+            if on_refused is not None:
+                on_refused(peer, reason)
             await _close(writer)
             return
-        limits.active += 1
+        limits.enter(ip)
         try:
             await _connection(reader, writer, peer, handler, too_large_handler, limits)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("mllp_connection_lost", peer=peer, error=type(exc).__name__)
         finally:
-            limits.active -= 1
+            limits.leave(ip)
             await _close(writer)
 
     return await asyncio.start_server(

@@ -194,7 +194,8 @@ class Worker:
 
     def _claim(self) -> list[_Item]:
         with self._sessions.begin() as session:
-            jobs = claim(session, Job, self._batch_size, self._config.worker.lease_s, kind="triage")
+            jobs = claim(session, Job, self._batch_size, self._config.worker.lease_s, kind="triage",
+                         isolate_expired=True)
             if not jobs:
                 return []
             rows = session.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +23,9 @@ def aa(payload: bytes) -> bytes:
 class EhrPeer:
     """Collects every ORU it receives; answers with ``reply(payload)`` (default: AA)."""
 
-    def __init__(self, reply: Callable[[bytes], bytes | None] = aa) -> None:
+    def __init__(self, reply: Callable[[bytes], bytes | None] = aa, ssl_context: ssl.SSLContext | None = None) -> None:
         self.received: list[bytes] = []
+        self._ssl_context = ssl_context
         self.received_at: list[float] = []
         self._reply = reply
         self._loop = asyncio.new_event_loop()
@@ -43,7 +45,8 @@ class EhrPeer:
 
         async def start() -> None:
             self._server = await serve_mllp(handler, "127.0.0.1", 0, max_frame_bytes=32 << 20,
-                                            message_timeout_s=30, idle_timeout_s=300, max_connections=8)
+                                            message_timeout_s=30, idle_timeout_s=300, max_connections=8,
+                                            ssl_context=self._ssl_context)
             self.port = self._server.sockets[0].getsockname()[1]
             self._ready.set()
 

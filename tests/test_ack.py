@@ -35,7 +35,7 @@ def ack(*segments: str, msh: str = MSH, sep: str = "\r") -> bytes:
 ], ids=["AA", "CA", "lowercase-spaces", "LF-separators", "other-delimiters", "AE", "CE", "AR",
         "CR", "wrong-id", "AR-wrong-id", "AR-empty-id", "unknown-code", "no-MSA", "garbage",
         "empty"])
-def test_judge_ack(payload: bytes, verdict: Verdict, reconnect: bool, error: str) -> None:
+def test_t4_judge_ack(payload: bytes, verdict: Verdict, reconnect: bool, error: str) -> None:
     outcome = judge_ack(payload, "C1")
     assert outcome.verdict is verdict and outcome.reconnect is reconnect
     assert error in outcome.error and (error or outcome.error == "")

@@ -83,7 +83,7 @@ def test_not_aecg_or_not_xml() -> None:
         decode_aecg(b"<AnnotatedECG xmlns='urn:hl7-org:v3'/>")
 
 
-def test_entity_expansion_and_external_entities_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_t15_entity_expansion_and_external_entities_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bomb = (b'<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx">'
             b'<!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;&x;&x;">]>'
             b'<AnnotatedECG xmlns="urn:hl7-org:v3"><id root="&y;"/></AnnotatedECG>')

@@ -71,7 +71,7 @@ def _one_line(exc: pytest.ExceptionInfo[CheckpointError]) -> str:
     return text
 
 
-def test_missing_and_corrupt_files_are_refused(tmp_path: Path) -> None:
+def test_t8_missing_and_corrupt_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as exc:
         load_model(tmp_path / "absent.pt")
     assert "not found" in _one_line(exc)
@@ -129,7 +129,7 @@ def test_save_refuses_non_plain_metadata(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
-def test_cuda_without_gpu_is_refused(tmp_path: Path) -> None:
+def test_t8_cuda_without_gpu_is_refused(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     _save(tmp_path / "m.pt")

@@ -61,11 +61,13 @@ def test_missing_config_file_exits_78(tmp_path: Path) -> None:
 
 
 def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", "sqlite:///x.db", http={"admin_token": "s3cret"})
-    result = run_cli("check-config", "--config", str(config), "--json")
+    config = write_config(tmp_path / "c.yaml", "sqlite:///x.db")
+    result = run_cli("check-config", "--config", str(config), "--json",
+                     env={"ECG_GATEWAY__HTTP__ADMIN_TOKEN": "s3cret"})  # secrets: environment or *_file
     assert result.returncode == 0
     dumped = json.loads(result.stdout)
     assert dumped["dicom"]["port"] == 0 and dumped["http"]["admin_token"] == "***"
+    assert "s3cret" not in result.stdout
 
 
 def test_db_upgrade_then_status_on_sqlite(tmp_path: Path) -> None:

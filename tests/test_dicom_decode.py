@@ -10,7 +10,7 @@ from tests.dicom_builders import ecg_dataset
 
 
 @pytest.mark.parametrize("uid", ["1." + "2" * 70, "1.2\x003", "../x", "", "1.2.abc"])
-def test_bad_uids_are_rejected(uid: str) -> None:
+def test_t15_bad_uids_are_rejected(uid: str) -> None:
     with pytest.raises(InvalidEcgError):
         validate_uid(uid, "SOPInstanceUID")
 
@@ -19,7 +19,7 @@ def test_real_cart_uid_with_empty_component_is_accepted() -> None:
     assert validate_uid("1.2.826.0.1.34471.2.44.6.20021122091000..1", "X").endswith("..1")
 
 
-def test_garbage_bytes_are_undecodable() -> None:
+def test_t10_garbage_bytes_are_undecodable() -> None:
     with pytest.raises(UndecodableError):
         decode_dicom_bytes(b"\x00" * 10)
 

@@ -119,7 +119,7 @@ def test_eight_lead_cart_gets_limb_leads_derived(gateway) -> None:
     np.testing.assert_allclose(ecg.lead("aVR"), -(ecg.lead("I") + ecg.lead("II")) / 2, atol=1e-6)
 
 
-def test_ct_image_is_refused_at_negotiation(gateway) -> None:
+def test_t10_ct_image_is_refused_at_negotiation(gateway) -> None:
     proc, _, _ = gateway
     assoc = _associate(proc.ports["dicom"], [CTImageStorage, Verification])
     assert assoc.is_established
@@ -129,7 +129,7 @@ def test_ct_image_is_refused_at_negotiation(gateway) -> None:
     assert CTImageStorage not in accepted and CTImageStorage in rejected
 
 
-def test_same_sop_instance_uid_three_times_stores_once(gateway) -> None:
+def test_t6_same_sop_instance_uid_three_times_stores_once(gateway) -> None:
     proc, _, db_url = gateway
     ds = ecg_dataset(uid="1.2.826.0.1.3680043.99.1")
     for _ in range(3):
@@ -171,7 +171,7 @@ INVALID_WAVEFORMS = ["no_waveform", "zero_channels", "fourteen_channels", "lengt
 
 
 @pytest.mark.parametrize("case", INVALID_WAVEFORMS)
-def test_invalid_waveform_gets_a900_and_stores_nothing(gateway, case: str) -> None:
+def test_t10_invalid_waveform_gets_a900_and_stores_nothing(gateway, case: str) -> None:
     proc, _, db_url = gateway
     status, comment = _store(proc.ports["dicom"], _mutate(case))
     assert status == 0xA900, (case, hex(status), comment)
@@ -194,7 +194,7 @@ def _store_file_bytes(port: int, path: Path, sop_class: str) -> int:
         _config.STORE_SEND_CHUNKED_DATASET = False
 
 
-def test_dataset_sop_class_differs_from_request_gets_a900(gateway, tmp_path: Path) -> None:
+def test_t10_dataset_sop_class_differs_from_request_gets_a900(gateway, tmp_path: Path) -> None:
     proc, _, db_url = gateway
     ds = ecg_dataset(sop_class=GENERAL_ECG)
     ds.file_meta.MediaStorageSOPClassUID = TWELVE_LEAD  # the request will say 12-lead
@@ -205,7 +205,7 @@ def test_dataset_sop_class_differs_from_request_gets_a900(gateway, tmp_path: Pat
     assert _counts(db_url) == (0, 0)
 
 
-def test_truncated_dataset_gets_c000(gateway, tmp_path: Path) -> None:
+def test_t10_truncated_dataset_gets_c000(gateway, tmp_path: Path) -> None:
     proc, _, db_url = gateway
     path = tmp_path / "full.dcm"
     ecg_dataset().save_as(path, enforce_file_format=True)
@@ -215,7 +215,7 @@ def test_truncated_dataset_gets_c000(gateway, tmp_path: Path) -> None:
     assert _counts(db_url) == (0, 0)
 
 
-def test_calling_ae_outside_allow_list_is_rejected(tmp_path: Path) -> None:
+def test_t13_calling_ae_outside_allow_list_is_rejected(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}",
                           dicom={"allowed_calling_ae_titles": ["CART1"]}, hl7={"enabled": False},
                           http={"enabled": False})
@@ -232,7 +232,7 @@ def test_calling_ae_outside_allow_list_is_rejected(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_hemodynamic_class_refused_unless_switched_on(tmp_path: Path) -> None:
+def test_t10_hemodynamic_class_refused_unless_switched_on(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}", hl7={"enabled": False},
                           http={"enabled": False})
     proc = GatewayProcess(config, "--role", "ingest").wait_started()
@@ -244,7 +244,7 @@ def test_hemodynamic_class_refused_unless_switched_on(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_kill_9_after_success_loses_nothing(tmp_path: Path) -> None:
+def test_t1_kill_9_after_success_loses_nothing(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'gw.db'}"
     config = write_config(tmp_path / "c.yaml", db_url, hl7={"enabled": False}, http={"enabled": False})
     proc = GatewayProcess(config, "--role", "ingest").wait_started()

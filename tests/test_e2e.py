@@ -124,7 +124,7 @@ def test_cstore_and_hl7_each_produce_exactly_one_oru_with_inbound_identifiers(ga
     engine.dispose()
 
 
-def test_missing_model_keeps_ingest_and_reports_degraded(tmp_path: Path) -> None:
+def test_t8_missing_model_keeps_ingest_and_reports_degraded(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 

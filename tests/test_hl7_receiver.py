@@ -172,7 +172,7 @@ def _bad_messages(record) -> list[tuple[str, bytes, str, str, str]]:  # type: ig
     ]
 
 
-async def test_reliability_table_rows_then_next_message_is_accepted(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t11_reliability_table_rows_then_next_message_is_accepted(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     cases = _bad_messages(record)
     async with sqlite_gateway.client() as client:
         for i, (case, payload, code, err, control_id) in enumerate(cases):
@@ -184,7 +184,7 @@ async def test_reliability_table_rows_then_next_message_is_accepted(sqlite_gatew
     assert sqlite_gateway.counts() == (len(cases), len(cases))  # only the good ones were stored
 
 
-async def test_err_segment_points_at_the_offending_field(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t11_err_segment_points_at_the_offending_field(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     good = small_oru(record, "LOC-1").decode()
     wav_at = good.index("WAV|1|") + 6
     bad = (good[:wav_at] + good[wav_at:].replace("^", "^NaN^", 1)).encode()
@@ -197,7 +197,7 @@ async def test_err_segment_points_at_the_offending_field(sqlite_gateway: Gateway
     assert b"DOE" not in raw_ack and b"PAT-0001" not in raw_ack  # no PHI in the answer
 
 
-async def test_latin1_declared_by_msh18_is_accepted_and_stored(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t11_latin1_declared_by_msh18_is_accepted_and_stored(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     payload = small_oru(record, "L1", charset="8859/1").decode().replace("DOE", "MÜLLER").encode("latin-1")
     async with sqlite_gateway.client() as client:
         raw_ack = await client.send(payload)
@@ -208,7 +208,7 @@ async def test_latin1_declared_by_msh18_is_accepted_and_stored(sqlite_gateway: G
     assert row.identifiers["patient_name"] == "MÜLLER^JANE" and row.raw == payload
 
 
-async def test_injection_in_pid5_is_data(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t11_injection_in_pid5_is_data(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     text = small_oru(record, "INJ-1").decode()
     evil = "ROBERT'); DROP TABLE messages;--|X~Y&Z\\"
     payload = text.replace("DOE^JANE", evil, 1).encode()
@@ -220,7 +220,7 @@ async def test_injection_in_pid5_is_data(sqlite_gateway: Gateway, record) -> Non
     assert row.identifiers["patient_name"].startswith("ROBERT'); DROP TABLE messages;--")
 
 
-async def test_oversized_frame_gets_ae_bounded_memory_and_next_message_aa(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t11_oversized_frame_gets_ae_bounded_memory_and_next_message_aa(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     cap = 4 << 20  # the sqlite_gateway's frame cap
     header = (msh("BIG-1") + "\r").encode()
     block = b"OBX|1|NA|X^WAV|1|" + b"1^" * 32768
@@ -251,7 +251,7 @@ def _rss_bytes() -> int:
 
 # --- duplicates ------------------------------------------------------------------------------
 
-async def test_duplicate_control_id_is_acked_and_stored_once(gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t6_duplicate_control_id_is_acked_and_stored_once(gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     payload = small_oru(record, "DUP-1")
     changed = small_oru(record, "DUP-1", patient={"given": "OTHER"})
     async with gateway.client() as client:
@@ -265,7 +265,7 @@ async def test_duplicate_control_id_is_acked_and_stored_once(gateway: Gateway, r
     assert row.raw == payload  # the first copy is kept
 
 
-async def test_same_control_id_from_another_facility_is_a_new_message(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t6_same_control_id_from_another_facility_is_a_new_message(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     async with sqlite_gateway.client() as client:
         for facility in ("WARD1", "WARD2"):
             ack = await client.send(small_oru(record, "SAME-1", sending_facility=facility))
@@ -275,7 +275,7 @@ async def test_same_control_id_from_another_facility_is_a_new_message(sqlite_gat
 
 # --- database down ---------------------------------------------------------------------------
 
-async def test_sqlite_locked_gives_ar_207_then_recovers(sqlite_url: str, record, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_t5_sqlite_locked_gives_ar_207_then_recovers(sqlite_url: str, record, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_MS", 500)  # a short wait, like the 5 s target
     upgrade_to_head(sqlite_url)
     gw = await start_gateway(sqlite_url)
@@ -298,7 +298,7 @@ async def test_sqlite_locked_gives_ar_207_then_recovers(sqlite_url: str, record,
     assert gw.counts() == (1, 1)
 
 
-async def test_postgres_unreachable_gives_ar_207(record) -> None:  # type: ignore[no-untyped-def]
+async def test_t5_postgres_unreachable_gives_ar_207(record) -> None:  # type: ignore[no-untyped-def]
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
                          connect_args={"connect_timeout": 2})
     receiver = Hl7Receiver(Ingestor(make_session_factory(engine)))
@@ -347,7 +347,7 @@ junk = st.binary(max_size=24).map(lambda b: b.replace(b"\x0b", b"").replace(b"\x
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 5), junks=st.lists(junk, min_size=6, max_size=6), data=st.data())
-def test_any_chunking_with_junk_gives_n_aas_in_order(sqlite_url: str, record, n, junks, data) -> None:  # type: ignore[no-untyped-def]
+def test_t11_any_chunking_with_junk_gives_n_aas_in_order(sqlite_url: str, record, n, junks, data) -> None:  # type: ignore[no-untyped-def]
     upgrade_to_head(sqlite_url)
     ids = [f"HYP-{os.urandom(6).hex()}" for _ in range(n)]
     stream = b"".join(junks[i] + frame(small_oru(record, ids[i])) for i in range(n)) + junks[n]
@@ -374,7 +374,7 @@ def test_any_chunking_with_junk_gives_n_aas_in_order(sqlite_url: str, record, n,
 
 # --- no PHI in logs ----------------------------------------------------------------------------
 
-async def test_no_phi_in_log_events(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
+async def test_t14_no_phi_in_log_events(sqlite_gateway: Gateway, record) -> None:  # type: ignore[no-untyped-def]
     canary = {"family": "ZZCANARY", "given": "ZZCANARY", "patient_id": "ZZCANARY-ID", "birth": "19011231"}
     good = small_oru(record, "PHI-1", patient=canary)
     at = good.index(b"WAV|1|") + 6

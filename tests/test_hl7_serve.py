@@ -58,7 +58,7 @@ def test_each_payload_kind_gets_aa_and_appears_in_status(tmp_path: Path) -> None
         proc.stop()
 
 
-def test_kill_9_after_aa_loses_nothing_and_duplicates_store_once(tmp_path: Path) -> None:
+def test_t6_kill_9_after_aa_loses_nothing_and_duplicates_store_once(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'gw.db'}"
     config = write_config(tmp_path / "c.yaml", db_url, http={"enabled": False}, dicom={"enabled": False})
     proc = GatewayProcess(config, "--role", "ingest").wait_started()

@@ -34,24 +34,24 @@ def test_two_frames_in_one_read() -> None:
 
 
 @pytest.mark.parametrize("junk", [b"garbage", b"\xef\xbb\xbf", b"\n", b"\r\n", b"\x1c\x0d"])
-def test_junk_between_frames_is_skipped(junk: bytes) -> None:
+def test_t11_junk_between_frames_is_skipped(junk: bytes) -> None:
     dec = MllpDecoder(1024)
     assert dec.feed(junk + frame(b"one") + junk + frame(b"two") + junk) == [b"one", b"two"]
 
 
-def test_trailing_lf_does_not_lose_next_message() -> None:
+def test_t11_trailing_lf_does_not_lose_next_message() -> None:
     dec = MllpDecoder(1024)
     data = frame(MSG) + b"\n" + frame(MSG.replace(b"C1", b"C2"))
     assert dec.feed(data) == [MSG, MSG.replace(b"C1", b"C2")]
 
 
-def test_nested_vt_restarts_frame() -> None:
+def test_t11_nested_vt_restarts_frame() -> None:
     dec = MllpDecoder(1024)
     assert dec.feed(b"\x0bpartial MSH|" + frame(b"whole")) == [b"whole"]
     assert dec.frames_restarted == 1
 
 
-def test_end_block_split_across_reads() -> None:
+def test_t11_end_block_split_across_reads() -> None:
     dec = MllpDecoder(1024)
     assert dec.feed(b"\x0babc") == []
     assert dec.pending_bytes == 3 and dec.in_frame
@@ -61,7 +61,7 @@ def test_end_block_split_across_reads() -> None:
     assert dec.junk_bytes == 0
 
 
-def test_oversized_frame_is_discarded_without_buffering() -> None:
+def test_t11_oversized_frame_is_discarded_without_buffering() -> None:
     dec = MllpDecoder(1000)
     assert dec.feed(b"\x0b" + MSG) == []
     items = []
@@ -90,7 +90,7 @@ payloads = st.binary(min_size=1, max_size=200).map(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(junk_bytes, payloads), min_size=1, max_size=8), junk_bytes, st.data())
-def test_any_chunking_with_junk_yields_all_frames(pairs, tail, data) -> None:  # type: ignore[no-untyped-def]
+def test_t11_any_chunking_with_junk_yields_all_frames(pairs, tail, data) -> None:  # type: ignore[no-untyped-def]
     stream = b"".join(junk + frame(p) for junk, p in pairs) + tail
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
     dec = MllpDecoder(4096)
@@ -147,7 +147,7 @@ async def test_pipelined_frames_with_junk_get_acks_in_order() -> None:
         writer.close()
 
 
-async def test_slow_loris_is_closed_without_ack() -> None:
+async def test_t12_slow_loris_is_closed_without_ack() -> None:
     server, port = await start(message_timeout_s=0.5)
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -174,7 +174,7 @@ async def _eof_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     return True
 
 
-async def test_idle_connection_is_closed() -> None:
+async def test_t12_idle_connection_is_closed() -> None:
     server, port = await start(idle_timeout_s=0.3)
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -182,7 +182,7 @@ async def test_idle_connection_is_closed() -> None:
         writer.close()
 
 
-async def test_connection_cap() -> None:
+async def test_t12_connection_cap() -> None:
     server, port = await start(max_connections=2)
     async with server:
         a = await asyncio.open_connection("127.0.0.1", port)
@@ -236,7 +236,7 @@ async def test_handler_returning_none_sends_nothing_but_keeps_connection() -> No
         writer.close()
 
 
-async def test_client_ack_split_across_segments() -> None:
+async def test_t4_client_ack_split_across_segments() -> None:
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_frames(reader, 1)
         for part in (b"\x0bMSH|^~\\&|EHR\rMSA|A", b"A|X1\r\x1c", b"\x0d"):
@@ -307,7 +307,7 @@ async def test_client_reconnects_after_server_idle_close() -> None:
         await client.close()
 
 
-async def test_junk_trickle_does_not_keep_a_connection_open() -> None:
+async def test_t12_junk_trickle_does_not_keep_a_connection_open() -> None:
     server, port = await start(idle_timeout_s=0.4)
     async with server:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -322,7 +322,7 @@ async def test_junk_trickle_does_not_keep_a_connection_open() -> None:
         writer.close()
 
 
-async def test_mutual_tls_server_and_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_t13_mutual_tls_server_and_client(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import ssl
 
     from tests.tls_certs import make_pki

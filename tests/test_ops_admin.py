@@ -51,8 +51,11 @@ class Ehr:
 class Daemon:
     def __init__(self, tmp: Path, ehr: Ehr) -> None:
         self.db_url = f"sqlite:///{tmp / 'gw.db'}"
+        token_file = tmp / "admin-token"
+        token_file.write_text(TOKEN + "\n")  # secrets come from files or the environment only
         self.config = write_config(
-            tmp / "c.yaml", self.db_url, worker={"poll_interval_s": 0.5}, http={"admin_token": TOKEN},
+            tmp / "c.yaml", self.db_url, worker={"poll_interval_s": 0.5},
+            http={"admin_token_file": str(token_file)},
             retention={"days": 30, "run_at": "03:30"},
             outbound={"host": "127.0.0.1", "port": ehr.peer.port, "attach_pdf": False,
                       "categories": ["acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable"]})

@@ -215,7 +215,7 @@ def test_location_components_are_kept() -> None:
     assert parsed["PV1.F3.R1.C4"] == "HOSP"
 
 
-def test_pid_with_every_delimiter_round_trips_in_hl7apy(tmp_path: Path) -> None:
+def test_t11_pid_with_every_delimiter_round_trips_in_hl7apy(tmp_path: Path) -> None:
     hostile = "A|B^C~D\\E&F"
     family = "O'B|R~I\\E&N"  # in a name "^" separates components (DICOM PN and XPN agree)
     er7 = compose(msg=message(patient_id=hostile, patient_name=f"{family}^ANN"))

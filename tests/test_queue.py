@@ -16,7 +16,7 @@ def _msg(key: str, raw: bytes = b"x") -> InboundMessage:
                           peer="CART1", ecg_uid=key, identifiers={"patient_id": "P1"})
 
 
-def test_ingest_stores_message_and_job_once(sessions) -> None:
+def test_t6_ingest_stores_message_and_job_once(sessions) -> None:
     ingestor = Ingestor(sessions)
     outcomes = [ingestor.accept(_msg("1.2.3")).outcome for _ in range(3)]
     assert outcomes == [IngestOutcome.STORED, IngestOutcome.DUPLICATE, IngestOutcome.DUPLICATE]
@@ -28,7 +28,7 @@ def test_ingest_stores_message_and_job_once(sessions) -> None:
     assert kinds == ["received", "received_conflict", "received_duplicate", "received_duplicate"]
 
 
-def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
+def test_t2_claim_priority_lease_expiry_and_dead(sessions) -> None:
     ingestor = Ingestor(sessions, max_attempts=2)
     for i in range(3):
         ingestor.accept(_msg(f"1.2.{i}"))
@@ -56,6 +56,25 @@ def test_claim_priority_lease_expiry_and_dead(sessions) -> None:
     with sessions.begin() as s:
         assert requeue(s, Job, [3]) == 1
         assert [c.id for c in claim(s, Job, limit=5, lease_s=5)] == [3]
+
+
+def test_t2_a_crashed_batch_is_reclaimed_one_row_at_a_time(sessions) -> None:
+    """A crash costs the whole batch one attempt; the re-run isolates the rows, so a row that
+    crashes the process again uses up only its own attempts."""
+    ingestor = Ingestor(sessions, max_attempts=3)
+    for i in range(5):
+        ingestor.accept(_msg(f"1.5.{i}"))
+    with sessions.begin() as s:
+        assert len(claim(s, Job, limit=4, lease_s=0.3, isolate_expired=True)) == 4  # then the process dies
+    time.sleep(0.5)
+    reclaimed = []
+    for _ in range(4):
+        with sessions.begin() as s:
+            (one,) = claim(s, Job, limit=4, lease_s=30, isolate_expired=True)
+            reclaimed.append((one.id, one.attempts))
+    assert reclaimed == [(1, 2), (2, 2), (3, 2), (4, 2)]
+    with sessions.begin() as s:  # no expired row left: back to full batches of fresh work
+        assert [(c.id, c.attempts) for c in claim(s, Job, limit=4, lease_s=30, isolate_expired=True)] == [(5, 1)]
 
 
 def test_concurrent_claimers_on_postgres_claim_each_job_exactly_once(pg_url: str) -> None:

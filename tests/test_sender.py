@@ -219,7 +219,7 @@ def assert_identical_resends(ehr: FakeEhr, sessions: Sessions, row: int) -> None
     (["wrong"], 2, ["sent", "send_failed", "sent", "delivered"]),
 ], ids=["AA", "CA", "ack-split-over-packets", "AE-retried", "slow-beyond-ack-timeout",
         "closes-without-ack", "wrong-MSA-2"])
-async def test_fault_ends_delivered_with_identical_resends(sessions: Sessions, script: list[str],
+async def test_t4_fault_ends_delivered_with_identical_resends(sessions: Sessions, script: list[str],
                                                           attempts: int, kinds: list[str]) -> None:
     ehr, row = await deliver(sessions, script)
     state, n, _ = states(sessions)[row]
@@ -229,7 +229,7 @@ async def test_fault_ends_delivered_with_identical_resends(sessions: Sessions, s
     assert events(sessions, row) == kinds
 
 
-async def test_wrong_msa2_reconnects_before_the_resend(sessions: Sessions) -> None:
+async def test_t4_wrong_msa2_reconnects_before_the_resend(sessions: Sessions) -> None:
     ehr, _ = await deliver(sessions, ["wrong"])
     assert ehr.connections == 2
 
@@ -242,7 +242,7 @@ async def test_wrong_msa2_reconnects_before_the_resend(sessions: Sessions) -> No
     (["wrong"] * 4, 4, "for another message"),
 ], ids=["AR", "AE-past-max-attempts", "closes-past-max-attempts", "slow-past-max-attempts",
         "wrong-MSA-2-past-max-attempts"])
-async def test_fault_ends_dead_with_last_error(sessions: Sessions, script: list[str],
+async def test_t4_fault_ends_dead_with_last_error(sessions: Sessions, script: list[str],
                                               attempts: int, error: str) -> None:
     ehr, row = await deliver(sessions, script)
     state, n, last_error = states(sessions)[row]
@@ -253,7 +253,7 @@ async def test_fault_ends_dead_with_last_error(sessions: Sessions, script: list[
     assert_identical_resends(ehr, sessions, row)
 
 
-async def test_ehr_down_then_up_delivers_the_stored_message(sessions: Sessions) -> None:
+async def test_t4_ehr_down_then_up_delivers_the_stored_message(sessions: Sessions) -> None:
     row = add_outbound(sessions, max_attempts=50)
     with socket.socket() as probe:  # a port with nobody listening: connection refused
         probe.bind(("127.0.0.1", 0))
@@ -278,7 +278,7 @@ async def test_ehr_down_then_up_delivers_the_stored_message(sessions: Sessions) 
     assert kinds[-2:] == ["sent", "delivered"] and kinds.count("send_failed") == n - 1 >= 1
 
 
-async def test_ehr_down_for_good_ends_dead(sessions: Sessions) -> None:
+async def test_t4_ehr_down_for_good_ends_dead(sessions: Sessions) -> None:
     row = add_outbound(sessions, max_attempts=3)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -351,7 +351,7 @@ async def test_undecodable_ecg_still_sends_the_result(sessions: Sessions) -> Non
     assert b"|ED|" not in ehr.received[0] and b"acute^Acute^99ECGGW" in ehr.received[0]
 
 
-async def test_logs_carry_no_phi(sessions: Sessions) -> None:
+async def test_t14_logs_carry_no_phi(sessions: Sessions) -> None:
     with structlog.testing.capture_logs() as logs:
         await deliver(sessions, ["AE", "wrong", "close"], attach_pdf=True)
         await deliver(sessions, ["AR"])
@@ -400,7 +400,7 @@ async def test_no_destination_keeps_results_and_sends_nothing(sessions: Sessions
     assert states(sessions)[row] == ("pending", 0, None)
 
 
-async def test_crash_while_waiting_for_ack_resends_same_bytes(sessions: Sessions) -> None:
+async def test_t3_crash_while_waiting_for_ack_resends_same_bytes(sessions: Sessions) -> None:
     row = add_outbound(sessions)
     ehr = await FakeEhr(["slow"]).start()  # first ORU: no ACK before the "crash"
     cfg = config(ehr.port, ack_timeout_s=5.0)
@@ -466,7 +466,7 @@ async def test_retry_without_ids_cuts_pending_backoff(sessions: Sessions) -> Non
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_backoff_is_capped_exponential_with_jitter(seed: int) -> None:
+def test_t4_backoff_is_capped_exponential_with_jitter(seed: int) -> None:
     rng = random.Random(seed)
     for attempt in range(1, 14):
         step = min(300.0, 2.0 ** (attempt - 1))

@@ -103,7 +103,7 @@ def test_batch_is_triaged_and_committed(sessions, checkpoint: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
-def test_unusable_checkpoint_degrades_then_recovers(sessions, tmp_path: Path, damage: str) -> None:
+def test_t8_unusable_checkpoint_degrades_then_recovers(sessions, tmp_path: Path, damage: str) -> None:
     path = tmp_path / "model.pt"
     if damage == "corrupt":
         write_tiny_checkpoint(path)
@@ -134,7 +134,7 @@ def test_unusable_checkpoint_degrades_then_recovers(sessions, tmp_path: Path, da
     assert count(sessions, Result) == 3 and worker.healthy
 
 
-def test_poison_message_goes_dead_after_max_attempts(sessions, checkpoint: Path) -> None:
+def test_t9_poison_message_goes_dead_after_max_attempts(sessions, checkpoint: Path) -> None:
     ingestor = Ingestor(sessions, max_attempts=2)
     ingestor.accept(InboundMessage(source="hl7", idempotency_key="FAC|1", raw=b"not an npz", content_type=NPZ,
                                    peer=None, ecg_uid=None, identifiers={}))
@@ -166,7 +166,7 @@ class MemoryLimitedModel(TriageModel):
         return super().predict(batch)
 
 
-def test_out_of_memory_halves_the_batch(sessions, checkpoint: Path) -> None:
+def test_t9_out_of_memory_halves_the_batch(sessions, checkpoint: Path) -> None:
     ecgs = [synthetic.synthetic_ecg(i) for i in range(8)]
     enqueue(Ingestor(sessions), ecgs)
     limited = MemoryLimitedModel(load_model(checkpoint, "cpu"), limit=2)
@@ -179,7 +179,7 @@ def test_out_of_memory_halves_the_batch(sessions, checkpoint: Path) -> None:
     assert got == pytest.approx({i + 1: w.probabilities["acute"] for i, w in enumerate(want)}, abs=1e-5)
 
 
-def test_model_that_always_fails_completes_nothing(sessions, checkpoint: Path) -> None:
+def test_t8_model_that_always_fails_completes_nothing(sessions, checkpoint: Path) -> None:
     enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(i) for i in range(4)])
     broken = MemoryLimitedModel(load_model(checkpoint, "cpu"), limit=0)
     worker = Worker(sessions, make_config(checkpoint), decode_npz, load=lambda *_: broken,
@@ -191,7 +191,7 @@ def test_model_that_always_fails_completes_nothing(sessions, checkpoint: Path) -
     assert worker.run_once() == 0  # stopped claiming until the model reloads
 
 
-def test_lost_lease_writes_no_result(sessions, checkpoint: Path) -> None:
+def test_t2_lost_lease_writes_no_result(sessions, checkpoint: Path) -> None:
     enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(i) for i in range(2)])
     worker = Worker(sessions, make_config(checkpoint), decode_npz)
     assert worker.ensure_model()
@@ -294,7 +294,7 @@ def test_real_dicom_through_the_real_decoder_and_bundled_model(sessions) -> None
         assert r.quality["model_placeholder"] is worker.health_detail["placeholder"]
 
 
-def test_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint: Path) -> None:
+def test_t5_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint: Path) -> None:
     url = f"sqlite:///{tmp_path / 'not-yet' / 'gateway.db'}"  # folder missing: every connect fails
     engine = make_engine(url)
     sessions = make_session_factory(engine)

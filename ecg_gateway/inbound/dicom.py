@@ -17,10 +17,9 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg
-from ecg_gateway.errors import InvalidEcgError, UndecodableError
+from ecg_gateway.errors import GatewayError, InvalidEcgError, UndecodableError
 
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -58,13 +57,27 @@ def decode_dicom_bytes(raw: bytes, *, accept_hemodynamic: bool = False) -> Ecg:
     try:
         ds = pydicom.dcmread(BytesIO(raw), force=True)
         ds.SOPClassUID  # noqa: B018 - force parsing of the top-level elements
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
         raise UndecodableError(f"not a decodable DICOM object ({type(exc).__name__})") from exc
     return decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
 
 
 def decode_dataset(ds: Dataset, *, accept_hemodynamic: bool = False) -> Ecg:
-    """Validate ``ds`` as an ECG waveform object and convert its rhythm group to mV."""
+    """Validate ``ds`` as an ECG waveform object and convert its rhythm group to mV.
+
+    Raises only InvalidEcgError / UndecodableError: pydicom parses lazily and a malformed
+    element raises whatever pydicom raises (fuzzing found BytesLengthException, InvalidDicomError
+    ...) when first touched; that is "cannot be decoded", never an internal error.
+    """
+    try:
+        return _decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
+    except GatewayError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        raise UndecodableError(f"dataset cannot be decoded ({type(exc).__name__})") from exc
+
+
+def _decode_dataset(ds: Dataset, *, accept_hemodynamic: bool) -> Ecg:
     if is_truncated(ds):
         raise UndecodableError("dataset is truncated")
     sop_class = str(ds.get("SOPClassUID", ""))

@@ -8,9 +8,11 @@ pynetdicom (an exception there would become 0xC211) and never runs inference.
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
@@ -26,6 +28,7 @@ from ecg_gateway.config import DicomConfig
 from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
 from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
 from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
+from ecg_gateway.security import server_context
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,8 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 ASSOCIATE_RQ_CAP = 1 << 20
+_UID = re.compile(r"[0-9]+(\.[0-9]*)*")
+_PENDING_LOCK = threading.Lock()
 
 # Deflated Explicit VR LE is deliberately not offered (decompression bombs; reliability.md §0.2).
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
@@ -72,7 +77,16 @@ class StoreHandler:
         self._config = config
 
     def handlers(self) -> list[tuple[Any, Any]]:
-        return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo)]
+        return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo),
+                (evt.EVT_REJECTED, self.on_rejected)]
+
+    def on_rejected(self, event: evt.Event) -> None:
+        """An association we refused: an unknown calling AE is a security alert."""
+        allowed = self._config.allowed_calling_ae_titles
+        calling = str(event.assoc.requestor.ae_title).strip()
+        reason = "calling AE title not allowed" if allowed and calling not in allowed else "association refused"
+        log.warning("dicom_association_rejected", peer=_peer(event), reason=reason)
+        self._ingestor.audit.alert(reason, _peer(event), protocol="dicom")
 
     def on_echo(self, event: evt.Event) -> int:
         return SUCCESS
@@ -97,18 +111,19 @@ class StoreHandler:
             sop_class = str(ds.SOPClassUID)
             sop_instance = str(ds.SOPInstanceUID)
         except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
-            log.warning("c_store_rejected", peer=peer, status=hex(CANNOT_UNDERSTAND), reason=type(exc).__name__)
-            return _status(CANNOT_UNDERSTAND, "dataset cannot be decoded")
+            return self._reject(peer, CANNOT_UNDERSTAND, "dataset cannot be decoded", None,
+                                error=type(exc).__name__)
+        uid = sop_instance if len(sop_instance) <= 64 and _UID.fullmatch(sop_instance) else None  # never echo a hostile value
         if sop_class != str(event.request.AffectedSOPClassUID) or sop_instance != str(
             event.request.AffectedSOPInstanceUID
         ):
-            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, "UIDs differ from the request", None)
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, "UIDs differ from the request", None, uid)
         try:
             ecg = decode_dataset(ds, accept_hemodynamic=self._config.accept_hemodynamic)
         except InvalidEcgError as exc:
-            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field)
+            return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field, uid)
         except (UndecodableError, GatewayError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None)
+            return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None, uid)
         message = InboundMessage(
             source="dicom", idempotency_key=f"dicom:{ecg.uid}", raw=part10_bytes(event),
             content_type="application/dicom", peer=peer, ecg_uid=ecg.uid,
@@ -117,11 +132,17 @@ class StoreHandler:
         try:
             self._ingestor.accept(message)
         except StoreUnavailableError:
-            return self._reject(peer, OUT_OF_RESOURCES, "storage unavailable", None)
+            log.warning("c_store_rejected", peer=peer, status=hex(OUT_OF_RESOURCES), reason="storage unavailable")
+            return _status(OUT_OF_RESOURCES, "storage unavailable")  # not audited: the database is down
         return SUCCESS
 
-    def _reject(self, peer: str, status: int, reason: str, field: str | None) -> Dataset:
-        log.warning("c_store_rejected", peer=peer, status=hex(status), reason=reason, field=field)
+    def _reject(self, peer: str, status: int, reason: str, field: str | None, uid: str | None = None,
+                error: str | None = None) -> Dataset:
+        """Answer a refused dataset and audit the refusal (codes and our words; no dataset)."""
+        log.warning("c_store_rejected", peer=peer, status=hex(status), reason=reason, field=field,
+                    ecg_uid=uid, error=error)
+        self._ingestor.reject("dicom", peer, status=f"0x{status:04X}", reason=reason, field=field,
+                              ecg_uid=uid)
         return _status(status, reason)
 
 
@@ -160,6 +181,7 @@ class EcgAssociationServer(ThreadedAssociationServer):
     max_connections_per_ip = 8
     handshake_timeout_s = 5.0
     tls_context: ssl.SSLContext | None = None
+    alert: Callable[..., None] = staticmethod(lambda reason, peer, **detail: None)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = self.socket.accept()  # type: ignore[union-attr]
@@ -167,33 +189,59 @@ class EcgAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Per-address cap over associations *and* sockets not yet associated (a TLS handshake
+        in progress is no association yet, but holds a thread all the same)."""
         ip = client_address[0]
         active = sum(1 for a in self.active_associations if a.requestor.address == ip)
-        if active >= self.max_connections_per_ip:
+        with _PENDING_LOCK:
+            pending = self.__dict__.setdefault("_pending", {})
+            if active + pending.get(ip, 0) >= self.max_connections_per_ip:
+                refused = True
+            else:
+                refused = False
+                pending[ip] = pending.get(ip, 0) + 1
+        if refused:
             log.warning("dicom_connection_refused", peer_ip=ip, reason="too many connections from this address")
+            self.alert("too many connections from this address", ip, protocol="dicom")
             return False
         return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.tls_context is not None:
-            try:
-                request.settimeout(self.handshake_timeout_s)
-                request = self.tls_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning("dicom_tls_handshake_failed", peer_ip=client_address[0], error=type(exc).__name__)
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        try:
+            if self.tls_context is not None:
+                try:
+                    request.settimeout(self.handshake_timeout_s)
+                    request = self.tls_context.wrap_socket(request, server_side=True,
+                                                           do_handshake_on_connect=False)
+                    request.do_handshake()
+                    request.settimeout(None)
+                except (OSError, ssl.SSLError) as exc:
+                    log.warning("dicom_tls_handshake_failed", peer_ip=client_address[0], error=type(exc).__name__)
+                    self.alert("TLS handshake failed", client_address[0], protocol="dicom",
+                               error=type(exc).__name__)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)  # the association thread runs on
+        finally:
+            with _PENDING_LOCK:
+                pending = self.__dict__.setdefault("_pending", {})
+                left = pending.get(client_address[0], 1) - 1
+                if left > 0:
+                    pending[client_address[0]] = left
+                else:
+                    pending.pop(client_address[0], None)
 
 
-def install_pdu_cap(max_pdu_bytes: int) -> None:
-    """Refuse PDUs longer than we accept (pynetdicom reads whatever length is claimed).
+def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None,
+                    max_dataset_bytes: int = 16 << 20) -> None:
+    """Refuse PDUs longer than we accept (pynetdicom reads whatever length is claimed), and
+    data sets larger than ``max_dataset_bytes`` (pynetdicom appends P-DATA fragments to one
+    buffer without limit, so a peer could stream gigabytes into one C-STORE).
 
     Before the association is established the cap is 1 MiB (real A-ASSOCIATE-RQs are a few
     KB); after it, our advertised maximum PDU plus the 6-byte header. A longer claim closes
-    the connection before any of the claimed bytes are buffered.
+    the connection before any of the claimed bytes are buffered; so does the next read once
+    the message being received has buffered more than the data set cap.
     """
     if getattr(AssociationSocket.recv, "_ecg_capped", False):
         AssociationSocket.recv = AssociationSocket.recv.__wrapped__  # type: ignore[attr-defined,method-assign]
@@ -205,33 +253,50 @@ def install_pdu_cap(max_pdu_bytes: int) -> None:
         cap = max_pdu_bytes + 6 if assoc.is_established else ASSOCIATE_RQ_CAP
         if nr_bytes > cap and assoc.is_acceptor:
             log.warning("dicom_pdu_too_large", claimed=nr_bytes, cap=cap)
+            if alert is not None:
+                alert("PDU length above the cap", str(assoc.requestor.address), protocol="dicom",
+                      claimed=nr_bytes)
             raise OSError("PDU length exceeds the configured cap")
+        buffered = _buffered_message_bytes(assoc)
+        if buffered > max_dataset_bytes and assoc.is_acceptor:
+            log.warning("dicom_dataset_too_large", buffered=buffered, cap=max_dataset_bytes)
+            if alert is not None:
+                alert("data set above the cap", str(assoc.requestor.address), protocol="dicom",
+                      buffered=buffered)
+            raise OSError("data set exceeds the configured cap")
         return original(self, nr_bytes)
 
     recv._ecg_capped = True  # type: ignore[attr-defined]
     AssociationSocket.recv = recv  # type: ignore[method-assign]
 
 
+def _buffered_message_bytes(assoc: Any) -> int:
+    """Bytes pynetdicom holds for the DIMSE message being received (command + data set)."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    if message is None:
+        return 0
+    total = 0
+    for buffer in (message.encoded_command_set, message.data_set):
+        if isinstance(buffer, BytesIO):
+            total += buffer.tell()  # fragments are appended: the position is the size
+    return total
+
+
 def tls_context(config: DicomConfig) -> ssl.SSLContext | None:
     """TLS >= 1.2 server context (BCP 195); client certificates required if a CA is set."""
     if not config.tls_cert_file:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(config.tls_cert_file, config.tls_key_file)
-    if config.tls_client_ca_file:
-        context.load_verify_locations(config.tls_client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return server_context(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
 
 
 def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssociationServer:
     """Bind and start the SCP in its own threads; ``server.server_address`` has the port."""
     ae = build_ae(config)
     handler = StoreHandler(ingestor, config)
-    install_pdu_cap(config.max_pdu_bytes)
+    install_pdu_cap(config.max_pdu_bytes, ingestor.audit.alert, config.max_dataset_bytes)
     server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
                             server_class=EcgAssociationServer)
+    server.alert = ingestor.audit.alert
     server.max_connections_per_ip = config.max_connections_per_ip
     server.handshake_timeout_s = config.tls_handshake_timeout_s
     server.tls_context = tls_context(config)

@@ -36,6 +36,7 @@ from ecg_gateway.inbound.hl7_tokens import (
 )
 from ecg_gateway.metrics import ECGS_RECEIVED, HL7_ACKS
 from ecg_gateway.mllp import FrameTooLarge, serve_mllp
+from ecg_gateway.security import server_context
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 
 log = structlog.get_logger(__name__)
@@ -76,7 +77,13 @@ class Hl7Receiver:
         error = AckError(102, ErrLocation("MSH"), "message exceeds the size limit")
         log.warning("hl7_rejected", peer=peer, ack="AE", err=102, reason="too_large",
                     size=marker.size, control_id=header.control_id if header else None)
+        self._ingestor.reject("hl7", peer, ack="AE", err=102, reason="message too large", size=marker.size,
+                              control_id=header.control_id if header else None)
         return self.respond(Outcome("AE", header, error, "message too large"))
+
+    def refused(self, peer: str, reason: str) -> None:
+        """A connection the listener turned away (connection caps): a security alert."""
+        self._ingestor.audit.alert(reason, peer, protocol="hl7")
 
     # --- processing (runs in a worker thread) ---------------------------------------------
 
@@ -85,6 +92,9 @@ class Hl7Receiver:
             header = parse_header(payload)
         except Hl7HeaderError as exc:
             return self._reject("AR", None, exc.code, exc.location, str(exc), peer)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must still get an answer
+            log.error("hl7_decode_crashed", peer=peer, error=type(exc).__name__)
+            return self._reject("AR", None, 207, None, "internal error", peer)
         refusal = self._unsupported(header)
         if refusal is not None:
             code, location, text = refusal
@@ -131,11 +141,15 @@ class Hl7Receiver:
             return 202, ErrLocation("MSH", 1, 11), "unsupported processing id"
         return None
 
-    @staticmethod
-    def _reject(code: str, header: MessageHeader | None, err: int, location: ErrLocation | None,
+    def _reject(self, code: str, header: MessageHeader | None, err: int, location: ErrLocation | None,
                 text: str, peer: str) -> Outcome:
+        """Answer AE/AR and audit the refusal (not for 207: the database is what failed)."""
+        control_id = header.control_id if header else None
         log.info("hl7_rejected", peer=peer, ack=code, err=err, location=str(location or ""),
-                 control_id=header.control_id if header else None, reason=text)
+                 control_id=control_id, reason=text)
+        if err != 207:
+            self._ingestor.reject("hl7", peer, ack=code, err=err, location=str(location or ""),
+                                  reason=text, control_id=control_id)
         return Outcome(code, header, AckError(err, location, text), text)
 
     # --- answering ------------------------------------------------------------------------
@@ -187,12 +201,19 @@ def idempotency_key(header: MessageHeader) -> str:
 
 async def start_hl7_listener(receiver: Hl7Receiver, config: Hl7Config,
                              ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
-    """The MLLP listener ``serve`` runs beside the DICOM SCP (config section ``hl7``)."""
+    """The MLLP listener ``serve`` runs beside the DICOM SCP (config section ``hl7``).
+
+    TLS (>= 1.2) when ``ssl_context`` is given or ``hl7.tls_cert_file`` is set; client
+    certificates are then required if ``hl7.tls_client_ca_file`` is set.
+    """
+    if ssl_context is None and config.tls_cert_file:
+        ssl_context = server_context(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
     server = await serve_mllp(
         receiver.handle, config.host, config.port, max_frame_bytes=config.max_frame_bytes,
         message_timeout_s=config.message_timeout_s, idle_timeout_s=config.idle_timeout_s,
         max_connections=config.max_connections, ssl_context=ssl_context,
-        too_large_handler=receiver.handle_too_large)
+        too_large_handler=receiver.handle_too_large,
+        max_connections_per_ip=config.max_connections_per_ip, on_refused=receiver.refused)
     port = server.sockets[0].getsockname()[1] if server.sockets else config.port
     log.info("hl7_listening", host=config.host, port=port, tls=ssl_context is not None)
     return server

@@ -133,6 +133,8 @@ def parse_header(raw: bytes) -> MessageHeader:
         raise Hl7HeaderError("message does not start with an MSH segment", 100, ErrLocation("MSH"))
     end = min((i for i in (data.find(b"\r"), data.find(b"\n")) if i >= 0), default=len(data))
     line = data[:end].decode("latin-1")  # MSH is ASCII; latin-1 maps every byte 1:1
+    if len(line) < 8:  # "MSH|^~\&" at least (fuzzing found "MSH\r…")
+        raise Hl7HeaderError("MSH segment is incomplete", 100, ErrLocation("MSH"))
     sep = line[3]
     if sep.isalnum() or sep.isspace():
         raise Hl7HeaderError("invalid field separator", 102, ErrLocation("MSH", 1, 1))

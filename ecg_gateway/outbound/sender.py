@@ -41,6 +41,7 @@ from ecg_gateway.outbound.oru import (
     is_stat,
     pdf_header,
 )
+from ecg_gateway.security import client_context
 from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Message, Outbound, OutboundState, Result
 from ecg_gateway.store.queue import claim, complete, dead_letter, record_event, retry_later
@@ -87,11 +88,13 @@ class Sender:
         self._acute_budget_s = acute_render_budget_s
         self._rng = rng or random.Random()
         # a claimed row must outlive connect + write + ACK wait, or a second sender takes it
-        self._lease_s = lease_s or (self._cfg.connect_timeout_s + 2 * self._cfg.ack_timeout_s
-                                    + LEASE_MARGIN_S)
+        self._lease_s = lease_s or self._cfg.lease_s or (
+            self._cfg.connect_timeout_s + 2 * self._cfg.ack_timeout_s + LEASE_MARGIN_S)
+        tls = (client_context(self._cfg.tls_ca_file, self._cfg.tls_cert_file, self._cfg.tls_key_file)
+               if self._cfg.tls else None)
         self._client = (MllpClient(self._cfg.host, self._cfg.port,
                                    connect_timeout_s=self._cfg.connect_timeout_s,
-                                   ack_timeout_s=self._cfg.ack_timeout_s)
+                                   ack_timeout_s=self._cfg.ack_timeout_s, ssl_context=tls)
                         if self._cfg.host else None)
         self.destination = f"{self._cfg.host}:{self._cfg.port}" if self._cfg.host else None
         self.stats: Counter[str] = Counter()  # delivered / send_failed / dead, for metrics
@@ -111,7 +114,7 @@ class Sender:
             log.warning("outbound_disabled", reason="no outbound.host configured; results are kept")
             await stop.wait()
             return
-        log.info("outbound_sender_started", destination=self.destination)
+        log.info("outbound_sender_started", destination=self.destination, tls=self._client.ssl_context is not None)
         if self._cfg.attach_pdf:
             await asyncio.to_thread(_warm_up_renderer)
         db_failures = 0

@@ -18,7 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import ColumnElement, Engine, create_engine, event, func, literal, text
 from sqlalchemy.orm import Session, sessionmaker
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_BUSY_TIMEOUT_MS = 4_000  # a locked database answers 0xA700 / AR 207 within 5 s (T5)
 
 
 def is_sqlite(url_or_engine: str | Engine) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ecg_gateway.audit import Auditor
 from ecg_gateway.errors import StoreUnavailableError
 from ecg_gateway.metrics import ECGS_RECEIVED
 from ecg_gateway.store.db import db_now
@@ -72,6 +73,11 @@ class Ingestor:
             serialize = sessions.kw["bind"].dialect.name == "sqlite"
         self._write_lock: contextlib.AbstractContextManager[object] = (
             threading.Lock() if serialize else contextlib.nullcontext())
+        self.audit = Auditor(sessions, lock=self._write_lock)
+
+    def reject(self, source: str, peer: str | None, **detail: Any) -> None:
+        """Audit a refused input (status/ACK code and reason; nothing of the message is kept)."""
+        self.audit.record("rejected", peer=peer, detail={"source": source, **detail})
 
     def accept(self, msg: InboundMessage) -> IngestResult:
         """Store ``msg`` durably (or find its duplicate). Raises StoreUnavailableError."""

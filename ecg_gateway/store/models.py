@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    DDL,
     JSON,
     BigInteger,
     DateTime,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    event,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -138,7 +140,11 @@ class Outbound(LeasedMixin, Base):
 
 
 class Event(Base):
-    """Append-only event log: every transition and every refusal, without PHI."""
+    """Append-only event log (the audit trail): every transition and every refusal, without PHI.
+
+    The database refuses UPDATE and DELETE on it (triggers, migration 0002); ``audit.py``
+    maps kinds to DICOM PS3.15 A.5 audit messages.
+    """
 
     __tablename__ = "events"
 
@@ -151,3 +157,21 @@ class Event(Base):
     actor: Mapped[str | None] = mapped_column(String(128))
     peer: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The audit trail is append-only in the database itself (migration 0002); the same triggers
+# for schemas made with ``create_all`` in tests. A retention purge must drop them on purpose.
+for _statement in (
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+    "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON events "
+    "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+):
+    event.listen(Event.__table__, "after_create", DDL(_statement).execute_if(dialect="sqlite"))
+for _statement in (
+    "CREATE OR REPLACE FUNCTION events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'events are append-only'; END $$",
+    "CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON events "
+    "FOR EACH STATEMENT EXECUTE FUNCTION events_append_only()",
+):
+    event.listen(Event.__table__, "after_create", DDL(_statement).execute_if(dialect="postgresql"))

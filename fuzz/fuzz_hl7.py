@@ -1,0 +1,23 @@
+"""atheris harness for the hl7 target (see fuzz/targets.py and fuzz/README.md).
+
+    python fuzz/fuzz_hl7.py fuzz/work/hl7 fuzz/corpus/hl7 -max_total_time=600
+"""
+
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+with atheris.instrument_imports(include=["ecg_gateway"]):
+    import ecg_gateway.inbound.hl7  # noqa: F401 - instrumented for coverage
+    import ecg_gateway.inbound.hl7_tokens  # noqa: F401 - instrumented for coverage
+    import ecg_gateway.inbound.aecg  # noqa: F401 - instrumented for coverage
+    import ecg_gateway.inbound.muse  # noqa: F401 - instrumented for coverage
+    import ecg_gateway.inbound.dicom  # noqa: F401 - instrumented for coverage
+    from fuzz.targets import hl7 as TestOneInput
+
+if __name__ == "__main__":
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()

@@ -1,0 +1,283 @@
+"""Hostile peers and a failing disk/database against a running ``serve`` (reliability.md T5, T7, T12).
+
+Attackers use source addresses 127.0.0.2 and up (the per-address caps are part of the
+defence); the legitimate cart and HL7 sender come from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import sqlite3
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from sqlalchemy import func, select
+
+from ecg_gateway.mllp import MllpDecoder, frame
+from ecg_gateway.store.db import make_engine, make_session_factory
+from ecg_gateway.store.models import Event, Job, Message
+from tests.conftest import shared_data
+from tests.dicom_builders import TWELVE_LEAD, ecg_dataset
+from tests.gateway_proc import GatewayProcess, write_config
+from tests.hl7_builders import ptbxl_record, waveform_oru
+from tests.tls_certs import make_pki
+
+MB = 1 << 20
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _connect(source_ip: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source_ip, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _cstore(port: int, ds, tls: tuple[ssl.SSLContext, str] | None = None) -> tuple[int | None, float]:  # type: ignore[no-untyped-def]
+    ae = AE(ae_title="CART1")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(TWELVE_LEAD)
+    start = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECG_GATEWAY", tls_args=tls)
+    status = None
+    if assoc.is_established:
+        rsp = assoc.send_c_store(ds)
+        status = int(rsp.Status) if "Status" in rsp else None
+        assoc.release()
+    return status, time.perf_counter() - start
+
+
+def _hl7(port: int, payload: bytes, source_ip: str = "127.0.0.1", timeout: float = 10) -> tuple[list[str], float]:
+    start = time.perf_counter()
+    with _connect(source_ip, port) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(frame(payload))
+        decoder = MllpDecoder(1 << 20)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed without an ACK")
+            acks = [a for a in decoder.feed(data) if isinstance(a, bytes)]
+            if acks:
+                msa = next(s for s in acks[0].decode().split("\r") if s.startswith("MSA"))
+                err = next((s for s in acks[0].decode().split("\r") if s.startswith("ERR")), "")
+                return [*msa.split("|")[1:3], err], time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def oru() -> bytes:
+    samples, leads, fs = ptbxl_record(shared_data("ptbxl", "records100", "00000", "00001_lr.hea").with_suffix(""))
+    return waveform_oru(samples, leads, fs, control_id="LEGIT-1")
+
+
+def _counts(db_url: str) -> tuple[int, int]:
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as s:
+        counts = (s.scalar(select(func.count()).select_from(Message)), s.scalar(select(func.count()).select_from(Job)))
+    engine.dispose()
+    return counts
+
+
+# --- T12: every attack at once ---------------------------------------------------------------
+
+class Attack:
+    """Runs the attackers in threads; keeps their sockets open until ``stop``."""
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.stop = threading.Event()
+        self.notes: dict[str, object] = {}
+
+    def spawn(self, target, *args) -> None:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def hold(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def _huge_pdu_claim(attack: Attack, port: int, client: ssl.SSLContext) -> None:
+    raw = _connect("127.0.0.12", port)
+    tls = client.wrap_socket(raw, server_hostname="localhost")
+    tls.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0) + b"\x00" * 65536)
+    tls.settimeout(5)
+    try:
+        attack.notes["pdu_closed"] = tls.recv(1) == b""
+    except (ConnectionError, ssl.SSLError, TimeoutError) as exc:
+        attack.notes["pdu_closed"] = not isinstance(exc, TimeoutError)
+    attack.hold(tls)
+
+
+def _huge_frame(attack: Attack, port: int, head: bytes) -> None:
+    sock = _connect("127.0.0.13", port)
+    chunk = b"9^" * (MB // 2)
+    sock.sendall(b"\x0b" + head.split(b"OBX", 1)[0].replace(b"LEGIT-1", b"HUGE-1"))
+    for _ in range(20):
+        sock.sendall(chunk)
+    sock.sendall(b"\x1c\x0d")
+    sock.settimeout(30)
+    decoder = MllpDecoder(1 << 20)
+    while not (acks := [a for a in decoder.feed(sock.recv(65536)) if isinstance(a, bytes)]):
+        pass
+    attack.notes["huge_frame_ack"] = acks[0].decode().split("MSA|", 1)[1][:2]
+    attack.hold(sock)
+
+
+def _slow_loris(attack: Attack, port: int) -> None:
+    sock = _connect("127.0.0.14", port)
+    sock.sendall(b"\x0bMSH|")
+    attack.hold(sock)
+    sent = 0
+    while not attack.stop.wait(1.0):
+        try:
+            sock.sendall(b"^")
+            sent += 1
+        except OSError:
+            break
+    attack.notes["loris_bytes"] = sent
+
+
+def test_t12_all_attacks_at_once_legit_traffic_answered_within_2s(tmp_path: Path, oru: bytes) -> None:
+    pki = make_pki(tmp_path)
+    db_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    config = write_config(tmp_path / "c.yaml", db_url, http={"enabled": False},
+                          dicom={"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.server_key),
+                                 "max_connections_per_ip": 4},
+                          hl7={"max_connections_per_ip": 8})
+    proc = GatewayProcess(config, "--role", "ingest").wait_started()
+    dicom, hl7 = proc.ports["dicom"], proc.ports["hl7"]
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    assert _cstore(dicom, ecg_dataset(), (client, "localhost"))[0] == 0x0000  # warm: imports, first commit
+    assert _hl7(hl7, oru.replace(b"LEGIT-1", b"WARM-1"))[0][0] == "AA"
+    rss_before, rss_peak = _rss(proc.proc.pid), 0
+    attack = Attack()
+    try:
+        for i in range(100):  # idle sockets: 20 each from 5 addresses (8 per address are kept)
+            try:
+                attack.hold(_connect(f"127.0.0.{2 + i % 5}", hl7))
+            except OSError:
+                pass
+        for i in range(24):  # 20 TLS handshakes that never start (4 per address) + 4 over the cap
+            attack.hold(_connect(f"127.0.0.{7 + i % 5}", dicom))
+        attack.spawn(_huge_pdu_claim, attack, dicom, client)
+        attack.spawn(_huge_frame, attack, hl7, oru)
+        attack.spawn(_slow_loris, attack, hl7)
+        time.sleep(1.0)  # the attacks are in progress
+        status, store_s = _cstore(dicom, ecg_dataset(), (client, "localhost"))
+        (ack, control_id, _), hl7_s = _hl7(hl7, oru)
+        for _ in range(40):
+            rss_peak = max(rss_peak, _rss(proc.proc.pid))
+            time.sleep(0.1)
+        assert status == 0x0000 and store_s < 2, (status, store_s)
+        assert (ack, control_id) == ("AA", "LEGIT-1") and hl7_s < 2, (ack, hl7_s)
+    finally:
+        attack.close()
+        proc.stop()
+    assert attack.notes.get("pdu_closed") is True, attack.notes
+    assert attack.notes.get("huge_frame_ack") == "AE", attack.notes
+    assert rss_peak - rss_before < 50 * MB, (rss_before, rss_peak)
+    assert _counts(db_url) == (4, 4)
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as s:
+        alerts = {e.detail["reason"] for e in s.scalars(select(Event).where(Event.kind == "security_alert"))}
+    engine.dispose()
+    assert {"max_connections_per_ip", "too many connections from this address", "PDU length above the cap"} <= alerts
+
+
+# --- T5: the database is locked ----------------------------------------------------------------
+
+@pytest.fixture
+def ingest_gateway(tmp_path: Path) -> Iterator[tuple[GatewayProcess, str]]:
+    db_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    config = write_config(tmp_path / "c.yaml", db_url, http={"enabled": False})
+    proc = GatewayProcess(config, "--role", "ingest").wait_started()
+    yield proc, db_url
+    proc.stop()
+
+
+def test_t5_locked_database_answers_a700_and_ar207_within_5s_then_stores_the_resend_once(
+        ingest_gateway: tuple[GatewayProcess, str], oru: bytes) -> None:
+    proc, db_url = ingest_gateway
+    ds = ecg_dataset()
+    locker = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        status, store_s = _cstore(proc.ports["dicom"], ds)
+        (ack, control_id, err), hl7_s = _hl7(proc.ports["hl7"], oru)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert status == 0xA700 and store_s < 5, (status, store_s)
+    assert (ack, control_id) == ("AR", "LEGIT-1") and err.split("|")[3].startswith("207") and hl7_s < 5
+    recovered = time.monotonic()
+    assert _cstore(proc.ports["dicom"], ds)[0] == 0x0000  # the cart resends the same object
+    assert _hl7(proc.ports["hl7"], oru)[0][0] == "AA"
+    assert time.monotonic() - recovered < 10
+    assert _cstore(proc.ports["dicom"], ds)[0] == 0x0000  # and once more: still stored once
+    assert _counts(db_url) == (2, 2)
+
+
+# --- T7: the disk is full ----------------------------------------------------------------------
+
+def test_t7_disk_full_answers_a700_and_ar207_leaves_nothing_and_recovers(
+        ingest_gateway: tuple[GatewayProcess, str], oru: bytes) -> None:
+    """The kernel refuses the daemon's file writes past 4 KiB (RLIMIT_FSIZE, set on the running
+    process with prlimit): SQLite gets the write error a full disk gives (EFBIG here, ENOSPC
+    there; both abort the transaction). No root, no mount, no monkeypatch."""
+    proc, db_url = ingest_gateway
+    assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0x0000
+    full, ds = 4096, ecg_dataset()
+    resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE, (full, resource.RLIM_INFINITY))
+    try:
+        status, _ = _cstore(proc.ports["dicom"], ds)
+        (ack, _, err), _ = _hl7(proc.ports["hl7"], oru)
+        assert status == 0xA700
+        assert ack == "AR" and err.split("|")[3].startswith("207")
+        assert _counts(db_url) == (1, 1)  # nothing half-written
+    finally:
+        resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert _cstore(proc.ports["dicom"], ds)[0] == 0x0000  # space is back: the resend is stored
+    assert _hl7(proc.ports["hl7"], oru)[0][0] == "AA"
+    assert _counts(db_url) == (3, 3)
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert proc.proc.poll() is None  # SIGXFSZ did not kill it (Python ignores the signal)
+
+
+def test_t12_oversized_data_set_is_cut_off_and_the_next_cart_is_served(
+        ingest_gateway: tuple[GatewayProcess, str]) -> None:
+    """pynetdicom buffers P-DATA fragments without limit: past dicom.max_dataset_bytes (16 MiB)
+    the connection is dropped, and memory stays bounded."""
+    proc, db_url = ingest_gateway
+    huge = ecg_dataset()
+    huge.add_new(0x00091010, "OB", b"\x00" * (40 * MB))  # a private blob: 40 MB in one C-STORE
+    rss_before = _rss(proc.proc.pid)
+    status, _ = _cstore(proc.ports["dicom"], huge)
+    rss_after = _rss(proc.proc.pid)
+    assert status is None  # aborted, no status
+    assert rss_after - rss_before < 40 * MB, (rss_before, rss_after)
+    assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0x0000
+    assert _counts(db_url) == (1, 1)
+    assert "dicom_dataset_too_large" in proc.output()
