@@ -47,7 +47,7 @@ def _open_from(source_ip: str, port: int) -> socket.socket:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
     config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}",
-                          dicom={"max_connections_per_ip": 4, "max_associations": 16, "acse_timeout_s": 30},
+                          dicom={"max_connections_per_ip": 4, "max_associations": 16},
                           hl7={"enabled": False}, http={"enabled": False})
     proc = GatewayProcess(config, "--role", "ingest").wait_started()
     yield proc
