@@ -95,6 +95,8 @@ class ModelConfig(Section):
     path: str | None = Field(None, description="checkpoint file; unset = the bundled default model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(32, ge=1, le=4096)
+    cpu_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = auto: half the cores "
+                             "with --role all, all of them with --role worker")
 
 
 class WorkerConfig(Section):
