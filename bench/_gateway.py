@@ -242,8 +242,9 @@ class EhrProcess:
 
 # --- ECGs and the C-STORE client -------------------------------------------------------
 
-def corpus(limit: int = 124, fs: float = 500.0) -> tuple[list[Any], str]:
-    """Real 10 s 12-lead recordings at 500 Hz as DICOM datasets (synthetic if no shared data)."""
+def corpus(limit: int = 124, fs: float = 500.0, decimate: int = 1) -> tuple[list[Any], str]:
+    """Real 10 s 12-lead recordings at 500 Hz as DICOM datasets (synthetic if no shared data);
+    ``decimate`` keeps every n-th sample (a cheaper ECG, e.g. 250 Hz, for long runs)."""
     sys.path.insert(0, str(REPO))
     import numpy as np
 
@@ -264,13 +265,14 @@ def corpus(limit: int = 124, fs: float = 500.0) -> tuple[list[Any], str]:
             gains = np.array([float(s[2].split("/")[0]) for s in specs])
             signal = loadmat(str(hea.with_suffix(".mat")))["val"].astype(np.float64) / gains[:, None]
             order = [names.index(lead) for lead in LEADS]
-            datasets.append(ecg_dataset(np.clip(signal[order], -80, 80), fs))
+            datasets.append(ecg_dataset(np.clip(signal[order], -80, 80)[:, ::decimate], fs / decimate))
             if len(datasets) >= limit:
                 break
-        return datasets, f"{len(datasets)} CinC 2021 recordings (12 x 5000 @ 500 Hz) as DICOM 12-lead ECG"
+        return datasets, (f"{len(datasets)} CinC 2021 recordings (12 leads, 10 s @ {fs / decimate:g} Hz) "
+                          "as DICOM 12-lead ECG")
     for i in range(min(limit, 16)):
-        datasets.append(ecg_dataset(synthetic_signal_mv(fs, seed=i), fs))
-    return datasets, f"{len(datasets)} synthetic 12-lead ECGs (500 Hz; shared data not found)"
+        datasets.append(ecg_dataset(synthetic_signal_mv(fs / decimate, seed=i), fs / decimate))
+    return datasets, f"{len(datasets)} synthetic 12-lead ECGs ({fs / decimate:g} Hz; shared data not found)"
 
 
 @dataclass
@@ -377,10 +379,11 @@ class StoreClient:
 
         def run(share: int) -> list[Sent]:
             out = []
+            mine = [copy.deepcopy(d) for d in self.datasets[:8]]  # this thread's own copies
             assoc = self._ae().associate("127.0.0.1", self.port, ae_title="ECG_GATEWAY")
             try:
-                for _ in range(share):
-                    ds = copy.deepcopy(self.datasets[self._next() % len(self.datasets)])
+                for i in range(share):
+                    ds = mine[i % len(mine)]
                     ds.SOPInstanceUID = generate_uid()
                     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
                     start = time.time()

@@ -168,11 +168,15 @@ class Daemon:
     def __init__(self, variant: Variant, workdir: Path, ehr_port: int) -> None:
         db = workdir / f"{variant.key}.db"
         self.db_glob = f"{variant.key}.db*"
-        # one process: nudges wake the worker and the sender; split: they poll the database
-        worker = {"poll_interval_s": 0.02} if variant.layout == "split" else {}
+        # one process: nudges wake the worker and the sender; split: they poll the database, and
+        # the worker keeps the 1 inference thread `--role all` uses here, so only the process
+        # boundary differs
+        split = variant.layout == "split"
         config = write_config(workdir / f"{variant.key}.yaml", f"sqlite:///{db}",
                               outbound={"host": "127.0.0.1", "port": ehr_port, "categories": ALL_CATEGORIES,
-                                        "attach_pdf": variant.pdf}, worker=worker)
+                                        "attach_pdf": variant.pdf},
+                              worker={"poll_interval_s": 0.02} if split else {},
+                              model={"cpu_threads": 1} if split else {})
         roles = ["all"] if variant.layout == "all" else ["worker", "sender", "ingest"]
         self.procs = {role: Serve(config, workdir / f"{variant.key}-{role}.log", "--role", role) for role in roles}
         self.tails = {role: LogTail(p.log_path) for role, p in self.procs.items()}
@@ -342,7 +346,7 @@ def build_figures(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few ECGs per phase (seconds)")
-    parser.add_argument("--variants", default="pdf,nopdf",
+    parser.add_argument("--variants", default="pdf,nopdf,split-nopdf",
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--windows", type=int, default=3, help="repeats (windows) per phase")
     parser.add_argument("--burst", type=int, default=150, help="ECGs per capacity burst")

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are median (min-max)")
     parser.add_argument("--json", type=Path, help="write figures here (for bench/run_all)")
     args = parser.parse_args(argv)
-    counts = {"3 KB": 20, "150 KB": 8} if args.smoke else {"3 KB": 300, "150 KB": 60}
+    counts = {"3 KB": 20, "150 KB": 8} if args.smoke else {"3 KB": 200, "150 KB": 40}
     repeats = 1 if args.smoke else args.repeats
     if args.messages:
         templates = {size: (args.messages / f"{size.replace(' ', '')}.hl7").read_bytes()
