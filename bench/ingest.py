@@ -1,17 +1,18 @@
-"""Durable DICOM C-STORE throughput of ``ecg-gateway serve`` against dcmtk's storescp.
+"""Durable DICOM C-STORE throughput of ``ecg-gateway serve`` against two storescp anchors.
 
-Both servers receive the same 12-lead ECG object (unique SOP Instance UID per store) from
-the same pynetdicom SCU processes, in two modes: one association per ECG (as carts do) and
-many stores in one association; with 1 and 4 concurrent senders. Our server commits every
-ECG to SQLite (WAL, synchronous=FULL) before answering 0x0000; storescp writes a file
-without fsync. The anchor ratio is ours / dcmtk, one association per ECG, 4 senders.
+Three servers receive the same 12-lead ECG object (unique SOP Instance UID per store) from
+the same pynetdicom SCU processes: ours (``serve --role ingest``: decode, validate, commit
+raw bytes + job to SQLite with WAL and synchronous=FULL, then 0x0000), dcmtk's ``storescp``
+(C++, writes a file, no fsync) and pynetdicom's bundled ``storescp`` app (Python, writes a
+file). Modes: one association per ECG (as carts do) and all stores in one association; with
+1 and 4 concurrent senders; each case repeated, servers interleaved, so every ratio pairs
+runs made under the same machine load. Goal: ours >= 0.8x dcmtk.
 
-Loopback delayed ACK: our SCP sets TCP_NODELAY; pynetdicom's SCU does not. The run is
-repeated with TCP_NODELAY forced on the SCU sockets (column "scu nodelay") to show the
-~40 ms Nagle/delayed-ACK stalls that hit every implementation otherwise.
+The SCU sets TCP_NODELAY (our SCP does too): with pynetdicom's default (Nagle on, ``--nagle``)
+every implementation waits ~40 ms per round trip on loopback delayed ACKs.
 
-    python bench/ingest.py            # full run (~2-3 min)
-    python bench/ingest.py --smoke    # seconds; used by the test suite
+    python bench/ingest.py [--stores 120] [--repeats 3] [--json OUT]   # ~2 min
+    python bench/ingest.py --smoke                                     # seconds
 """
 
 from __future__ import annotations
@@ -20,17 +21,31 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import free_port, machine_facts, summary_ms, table  # noqa: E402
+from bench._common import (  # noqa: E402
+    figure,
+    fmt_stat,
+    free_port,
+    load_average,
+    machine_facts,
+    md_table,
+    stat,
+    summary_ms,
+    table,
+    wait_port,
+    write_report,
+)
 
 SAMPLE = REPO.parent / "shared" / "data" / "dicom-ecg" / "pydicom_waveform_ecg.dcm"
 
@@ -105,7 +120,7 @@ def measure(port: int, total: int, senders: int, per_assoc: bool, nodelay: bool)
             "failures": float(sum(f for _, f in results))}
 
 
-def start_gateway(workdir: Path) -> tuple[subprocess.Popen[str], int]:
+def start_gateway(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = workdir / "gw.yaml"
     config.write_text(
@@ -116,11 +131,11 @@ def start_gateway(workdir: Path) -> tuple[subprocess.Popen[str], int]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "ecg_gateway", "serve", "--role", "ingest", "--config",
                              str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port)
+    wait_port(port)
     return proc, port
 
 
-def start_storescp(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+def start_dcmtk(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     exe = _dcmtk_storescp()
     if exe is None:
         return None
@@ -129,7 +144,19 @@ def start_storescp(workdir: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     out.mkdir()
     proc = subprocess.Popen([exe, "--output-directory", str(out), "--aetitle", "ANY", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_port(port)
+    wait_port(port)
+    return proc, port
+
+
+def start_pynetdicom(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """pynetdicom's bundled storescp app (Python, one thread per association, writes files)."""
+    port = free_port()
+    out = workdir / "pynetdicom"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pynetdicom", "storescp", "--output-directory", str(out),
+                             "--ae-title", "ANY", "--quiet", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
     return proc, port
 
 
@@ -144,54 +171,99 @@ def _dcmtk_storescp() -> str | None:
     return None
 
 
-def _wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
+CASE_NAMES = {True: "one association per ECG", False: "all stores in one association"}
+SERVERS = ("ours", "dcmtk", "pynetdicom")
+
+
+def run_cases(ports: dict[str, int], cases: list[tuple[bool, int]], total: int, repeats: int,
+              nodelay: bool) -> dict[tuple[bool, int, str], list[dict[str, float]]]:
+    """Every case on every server, ``repeats`` rounds, servers interleaved within a round."""
+    results: dict[tuple[bool, int, str], list[dict[str, float]]] = {}
+    for _ in range(repeats):
+        for per_assoc, senders in cases:
+            for server, port in ports.items():
+                m = measure(port, total, senders, per_assoc, nodelay)
+                results.setdefault((per_assoc, senders, server), []).append(m)
+    return results
+
+
+def build_figures(results: dict[tuple[bool, int, str], list[dict[str, float]]],
+                  cases: list[tuple[bool, int]], servers: list[str]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    figures, rows = [], []
+    for per_assoc, senders in cases:
+        ours = results[(per_assoc, senders, "ours")]
+        mode = CASE_NAMES[per_assoc]
+        key = f"{'assoc' if per_assoc else 'stream'}.{senders}"
+        for metric, unit, better in (("rate", "C-STORE/s", True), ("p50", "ms", False), ("p99", "ms", False)):
+            for anchor in servers[1:]:
+                theirs = results[(per_assoc, senders, anchor)]
+                goal = met = None
+                if metric == "rate" and anchor == "dcmtk":
+                    goal = ">= 0.8x dcmtk"
+                    ratios = [o["rate"] / a["rate"] for o, a in zip(ours, theirs, strict=True)]
+                    met = statistics.median(ratios) >= 0.8
+                what = "durable C-STORE/s" if metric == "rate" else f"C-STORE {metric} latency"
+                figures.append(figure(
+                    f"dicom.{key}.{metric}.vs_{anchor}", f"{what}, {mode}, {senders} sender(s)", unit,
+                    [o[metric] for o in ours], anchor=[a[metric] for a in theirs],
+                    anchor_name=f"{anchor} storescp", higher_is_better=better, goal=goal, goal_met=met,
+                    command="python bench/ingest.py"))
+        row: list[Any] = [mode, senders]
+        for server in servers:
+            runs = results[(per_assoc, senders, server)]
+            row += [fmt_stat(stat([r["rate"] for r in runs])), fmt_stat(stat([r["p50"] for r in runs])),
+                    fmt_stat(stat([r["p99"] for r in runs]))]
+        failures = sum(int(r["failures"]) for s in servers for r in results[(per_assoc, senders, s)])
+        rows.append(row + [failures])
+    return figures, rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few stores per case, seconds")
-    parser.add_argument("--stores", type=int, default=200, help="stores per case")
+    parser.add_argument("--stores", type=int, default=60, help="stores per case and repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nagle", action="store_true",
+                        help="leave Nagle on in the SCU (pynetdicom's default): ~40 ms stalls for everyone")
+    parser.add_argument("--json", type=Path, help="write figures here (for bench/run_all)")
     args = parser.parse_args(argv)
     total = 8 if args.smoke else args.stores
-    cases = [(True, 4, False), (True, 4, True)] if args.smoke else [
-        (per_assoc, senders, nodelay) for nodelay in (False, True) for per_assoc in (True, False)
-        for senders in (1, 4)]
-    print(f"# DICOM ingest benchmark — {machine_facts()}\n")
-    rows = []
-    ratios = {}
+    repeats = 1 if args.smoke else args.repeats
+    cases = [(True, 4), (False, 1)] if args.smoke else [(True, 1), (True, 4), (False, 1), (False, 4)]
+    print(f"# DICOM ingest benchmark — {machine_facts()}, load avg {load_average()[0]:.2f}\n")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        gateway, gw_port = start_gateway(workdir)
-        dcmtk = start_storescp(workdir)
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        ports: dict[str, int] = {}
         try:
-            for per_assoc, senders, nodelay in cases:
-                ours = measure(gw_port, total, senders, per_assoc, nodelay)
-                anchor = measure(dcmtk[1], total, senders, per_assoc, nodelay) if dcmtk else None
-                mode = "assoc per ECG" if per_assoc else "one assoc"
-                ratio = ours["rate"] / anchor["rate"] if anchor else float("nan")
-                ratios[(per_assoc, senders, nodelay)] = ratio
-                rows.append([mode, senders, "on" if nodelay else "off", ours["rate"], ours["p50"], ours["p99"],
-                             int(ours["failures"]), anchor["rate"] if anchor else "n/a",
-                             anchor["p50"] if anchor else "n/a", anchor["p99"] if anchor else "n/a", ratio])
-        finally:
-            gateway.terminate()
-            gateway.wait(30)
+            procs["ours"], ports["ours"] = start_gateway(workdir)
+            dcmtk = start_dcmtk(workdir)
             if dcmtk:
-                dcmtk[0].terminate()
-                dcmtk[0].wait(30)
-    print(table(["mode", "senders", "scu nodelay", "ours/s", "p50 ms", "p99 ms", "fail", "dcmtk/s",
-                 "dcmtk p50", "dcmtk p99", "ours/dcmtk"], rows))
-    key = (True, 4, True) if (True, 4, True) in ratios else next(iter(ratios))
-    print(f"\nanchor: one association per ECG, 4 senders, SCU nodelay on: ours/dcmtk = {ratios[key]:.2f} "
-          f"(goal >= 0.80; ours commits each ECG to SQLite with synchronous=FULL, dcmtk does not fsync)")
-    failed = sum(int(r[6]) for r in rows)
+                procs["dcmtk"], ports["dcmtk"] = dcmtk
+            procs["pynetdicom"], ports["pynetdicom"] = start_pynetdicom(workdir)
+            results = run_cases(ports, cases, total, repeats, nodelay=not args.nagle)
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+                proc.wait(30)
+    servers = list(ports)
+    figures, rows = build_figures(results, cases, servers)
+    headers = ["mode", "senders"] + [f"{s} {m}" for s in servers for m in ("C-STORE/s", "p50 ms", "p99 ms")] + ["fail"]
+    print(table(headers, rows))
+    print(f"\n(median (min–max) over {repeats} repeat(s) of {total} stores; SCU TCP_NODELAY "
+          f"{'off' if args.nagle else 'on'})")
+    for fig in figures:
+        if fig["id"].endswith("rate.vs_dcmtk") or fig["id"].endswith("rate.vs_pynetdicom"):
+            print(f"{fig['name']}: ours/{fig['anchor']['name']} = {fmt_stat(fig['ratio'])}"
+                  + (f"  (goal {fig['goal']['text']}: {'met' if fig['goal']['met'] else 'MISSED'})"
+                     if "goal" in fig else ""))
+    print("ours commits each ECG to SQLite (WAL, synchronous=FULL) before 0x0000; the anchors write a file "
+          "without fsync")
+    write_report(args.json, "ingest", figures, smoke=args.smoke, tables={"DICOM ingest": md_table(headers, rows)},
+                 notes=[f"median (min–max) over {repeats} repeats of {total} stores per case; "
+                        "ours commits to SQLite with synchronous=FULL, dcmtk and pynetdicom write files "
+                        "without fsync"])
+    failed = sum(int(r[-1]) for r in rows)
     return 1 if failed else 0
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench._common import write_report  # noqa: E402
 SHARED = Path(os.environ.get("ECG_SHARED_DATA", REPO.parent / "shared" / "data"))
 ID_WIDTH = 16  # fixed-width control ids keep every copy of a message the same size
 
@@ -164,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny run (seconds)")
     parser.add_argument("--save-messages", type=Path, help="write the test messages here and exit")
     parser.add_argument("--messages", type=Path, help="read the test messages from here")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are median (min-max)")
+    parser.add_argument("--json", type=Path, help="write figures here (for bench/run_all)")
     args = parser.parse_args(argv)
-    counts = {"3 KB": 20, "150 KB": 8} if args.smoke else {"3 KB": 600, "150 KB": 120}
+    counts = {"3 KB": 20, "150 KB": 8} if args.smoke else {"3 KB": 200, "150 KB": 40}
+    repeats = 1 if args.smoke else args.repeats
     if args.messages:
         templates = {size: (args.messages / f"{size.replace(' ', '')}.hl7").read_bytes()
                      for size in ("3 KB", "150 KB")}
@@ -190,21 +194,70 @@ def main(argv: list[str] | None = None) -> int:
             ports[name] = queue.get(timeout=60)
         try:
             run = 0
-            for size, template in templates.items():
-                for connections in (1, 4):
-                    for name in ("python-hl7", "ours"):
-                        run += 1
-                        msgs = numbered(template, f"R{run}-", counts[size])
-                        asyncio.run(drive(ports[name], msgs[:3], 1))  # warm-up (stored too)
-                        elapsed, lat = asyncio.run(drive(ports[name], msgs[3:], connections))
-                        rows.append((name, size, len(template), connections, len(lat),
-                                     len(lat) / elapsed, pct(lat, 50), pct(lat, 99)))
+            for _ in range(repeats):
+                for size, template in templates.items():
+                    for connections in (1, 4):
+                        for name in ("python-hl7", "ours"):
+                            run += 1
+                            msgs = numbered(template, f"R{run}-", counts[size])
+                            asyncio.run(drive(ports[name], msgs[:3], 1))  # warm-up (stored too)
+                            elapsed, lat = asyncio.run(drive(ports[name], msgs[3:], connections))
+                            rows.append((name, size, len(template), connections, len(lat),
+                                         len(lat) / elapsed, pct(lat, 50), pct(lat, 99)))
         finally:
             for proc in procs.values():
                 proc.terminate()
                 proc.join(5)
-    print_report(rows, decode_time_ms(templates["150 KB"], 5 if args.smoke else 30), args.smoke)
+    decode_ms = decode_time_ms(templates["150 KB"], 5 if args.smoke else 30)
+    print_report(_medians(rows), decode_ms, args.smoke)
+    figures, md = build_figures(rows, decode_ms)
+    write_report(args.json, "mllp", figures, smoke=args.smoke, tables={"HL7 MLLP ingest": md},
+                 notes=[f"median (min–max) over {repeats} rounds; ours decodes and commits every message to "
+                        "SQLite (synchronous=FULL) before AA, python-hl7 only parses and ACKs"])
     return 0
+
+
+def _medians(rows: list[tuple]) -> list[tuple]:  # type: ignore[type-arg]
+    """One row per (server, size, connections): the median over rounds of each number."""
+    groups: dict[tuple, list[tuple]] = {}  # type: ignore[type-arg]
+    for r in rows:
+        groups.setdefault((r[0], r[1], r[2], r[3]), []).append(r)
+    return [(*key, sum(r[4] for r in g), statistics.median(r[5] for r in g), statistics.median(r[6] for r in g),
+             statistics.median(r[7] for r in g)) for key, g in groups.items()]
+
+
+def build_figures(rows: list[tuple], decode_ms: float) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+    from bench._common import figure, fmt_stat, md_table, stat
+
+    def series(name: str, size: str, conns: int, col: int) -> list[float]:
+        return [r[col] for r in rows if (r[0], r[1], r[3]) == (name, size, conns)]
+
+    figures, table_rows = [], []
+    for size in ("3 KB", "150 KB"):
+        for conns in (1, 4):
+            for col, metric, unit, better in ((5, "rate", "msg/s", True), (6, "p50", "ms", False),
+                                              (7, "p99", "ms", False)):
+                ours, anchor = series("ours", size, conns, col), series("python-hl7", size, conns, col)
+                goal = met = None
+                if metric == "rate" and size == "150 KB":
+                    goal, met = ">= 1x python-hl7", statistics.median(
+                        [o / a for o, a in zip(ours, anchor, strict=True)]) >= 1.0
+                if metric == "p99":
+                    goal, met = "< 50 ms", statistics.median(ours) < 50
+                what = "HL7 messages/s (durable)" if metric == "rate" else f"HL7 ACK {metric} latency"
+                figures.append(figure(f"hl7.{size.replace(' ', '').lower()}.{conns}.{metric}",
+                                      f"{what}, {size} message, {conns} connection(s)", unit, ours,
+                                      anchor=anchor, anchor_name="python-hl7 parse+ACK server",
+                                      higher_is_better=better, goal=goal, goal_met=met,
+                                      command="python bench/mllp.py"))
+            table_rows.append([size, conns] + [fmt_stat(stat(series(n, size, conns, c)))
+                                               for n in ("ours", "python-hl7") for c in (5, 6, 7)])
+    figures.append(figure("hl7.decode150", "decode a 150 KB HL7 ORU to an Ecg (in process)", "ms", [decode_ms],
+                          higher_is_better=False, goal="< 20 ms", goal_met=decode_ms < 20,
+                          command="python bench/mllp.py"))
+    md = md_table(["message", "conns", "ours msg/s", "ours p50 ms", "ours p99 ms", "python-hl7 msg/s",
+                   "python-hl7 p50 ms", "python-hl7 p99 ms"], table_rows)
+    return figures, md
 
 
 def print_report(rows: list[tuple], decode_ms: float, smoke: bool) -> None:  # type: ignore[type-arg]

@@ -188,6 +188,7 @@ async def _acute_latency(attach_pdf: bool, n: int, pdfs: list[bool]) -> list[flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few iterations (seconds)")
+    parser.add_argument("--json", type=Path, help="write figures here (for bench/run_all)")
     args = parser.parse_args(argv)
     n_compose, n_render, n_e2e = (50, 3, 3) if args.smoke else (2000, 20, 15)
     import logging
@@ -215,6 +216,23 @@ def main(argv: list[str] | None = None) -> int:
           "acute ORUs (the rest went without, past the budget)")
     ok = compose_ms < 10 and delay < 0.2
     print("PASS" if ok else "FAIL")
+    if args.json:
+        from bench._common import figure, md_table, write_report
+
+        cmd = "python bench/oru.py"
+        figures = [
+            figure("oru.compose_pdf", "compose an ORU^R01 with a 118 KB PDF", "ms", [compose_ms],
+                   anchor=[float(compose_rows[2][2])], anchor_name="hl7apy parsing the same ORU",
+                   higher_is_better=False, goal="< 10 ms", goal_met=compose_ms < 10, command=cmd),
+            figure("oru.render_500", "render the 12-lead PDF, 10 s @ 500 Hz (warm)", "ms",
+                   [float(render_rows[2][2])], higher_is_better=False, command=cmd),
+            figure("oru.pdf_delay", "PDF delay on the acute ORU (attach_pdf on - off, median)", "ms",
+                   [delay * 1000], anchor=[statistics.median(off) * 1000],
+                   anchor_name="acute ORU commit -> EHR without PDF", higher_is_better=False,
+                   goal="<= 200 ms", goal_met=delay < 0.2, command=cmd),
+        ]
+        write_report(args.json, "oru", figures, smoke=args.smoke,
+                     tables={"ORU compose and render": md_table(headers, compose_rows + render_rows + e2e)})
     return 0 if ok or args.smoke else 1
 
 

@@ -118,6 +118,8 @@ class ModelConfig(Section):
         None, ge=0.0, le=1.0,
         description="override the checkpoint's acute threshold (null = the checkpoint's; see the model card's operating points)")
     batch_size: int = Field(32, ge=1, le=4096)
+    cpu_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = auto: half the cores "
+                             "with --role all, all of them with --role worker")
 
 
 class WorkerConfig(Section):

@@ -1,0 +1,188 @@
+"""Markdown for ``bench/run_all``'s results file, and the README's performance table.
+
+Both read the JSON that run_all writes (one record per benchmark step, each with its
+figures: ours median (min–max) over repeats, anchor, ratio, goal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench._common import fmt_num, fmt_stat, md_table
+
+SECTIONS = {"ingest": "DICOM ingest (durable C-STORE)", "mllp": "HL7 v2 MLLP ingest",
+            "inference-1t": "Inference, 1 thread (what `serve --role all` uses on 2 cores)",
+            "inference": "Inference, torch default threads, and the bf16 check",
+            "oru": "ORU compose and PDF render", "e2e": "End to end (C-STORE -> ORU ACK)",
+            "profile": "Profile of the end-to-end path", "scaling": "Scaling",
+            "chaos": "Chaos (ECGs lost under kills)", "quality_gate": "Quality gate on real ECGs"}
+
+#: Why a goal can be missed on this machine, keyed by figure id prefix (checked in order).
+#: Shown only for goals this run missed; the numbers come from the run itself.
+WHY = (
+    ("e2e.", "End to end, the pipeline is CPU-bound on 2 shared cores: per ECG the daemon spends the "
+             "CPU shown in the stage table (column 'daemon CPU ms/ECG'); the ORU sender is serial, so "
+             "with the PDF on, the render (matplotlib) of every ORU is on the critical path and ORUs "
+             "queue behind it ('sender_wait'). The profile below names the costs."),
+    ("inference.", "Achieved FLOP/s depends on how much of the 2 shared cores the run got: with other "
+                   "processes runnable, 2 OpenMP threads wait for each other at every layer; 1 thread "
+                   "does not (compare the two inference sections)."),
+    ("scale.pg.workers", "Worker processes scale until the cores are busy: 2 cores here, shared."),
+    ("dicom.", "C-STORE rates are bounded by the Python SCU and the shared CPU; ours also fsyncs every "
+               "commit (synchronous=FULL), the anchors do not."),
+    ("hl7.", "ACK latency includes decoding the whole ECG and an fsync'd commit per message."),
+)
+
+
+def _figures(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(step["name"], fig) for step in summary["steps"] for fig in step.get("report", {}).get("figures", [])]
+
+
+def _cell_anchor(fig: dict[str, Any]) -> str:
+    anchor = fig.get("anchor")
+    return f"{fmt_stat(anchor)} ({anchor['name']})" if anchor else "–"
+
+
+def _cell_ratio(fig: dict[str, Any]) -> str:
+    return fmt_stat(fig["ratio"]) if fig.get("ratio") else "–"
+
+
+def _missed_by(fig: dict[str, Any]) -> str:
+    """How far a missed goal is, from the ratio to a goal anchor or to the anchor."""
+    ratio = fig.get("ratio", {}).get("median")
+    if ratio is None or ratio != ratio:
+        return ""
+    if fig["higher_is_better"]:
+        return f"reaches {ratio:.0%} of its target ({(1 - ratio):.0%} short)"
+    return f"{ratio:.2f}x its target ({ratio - 1:.0%} over)"
+
+
+def machine_line(summary: dict[str, Any]) -> str:
+    m = summary["machine"]
+    load0, load1 = m.get("load_avg_start", []), m.get("load_avg_end", [])
+    shared = max(load0[:1] + load1[:1], default=0) > 0.5 or m.get("others_running", 0) > 1
+    text = (f"**Machine:** {m['cores']} cores, {m['cpu']}, Python {m['python']}, torch {m.get('torch', '?')} "
+            f"({m.get('torch_threads', '?')} threads by default; `serve --role all` runs inference on "
+            f"`model.cpu_threads` = auto = half the cores). Load average {'/'.join(map(str, load0))} at the "
+            f"start, {'/'.join(map(str, load1))} at the end.")
+    if shared:
+        text += (" **The machine was shared** with other engineers' test runs during this run (load average "
+                 "above zero before we started), so wall-clock figures are noisy: each is the median (min–max) "
+                 "over repeats, and every ratio pairs runs made at the same time under the same load.")
+    return text
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    out = [f"# ecg-gateway benchmark results — {summary['date']}", "",
+           f"Written by `bench/run_all{' --smoke' if summary['smoke'] else ''}` at revision `{summary['git']}` "
+           f"in {summary['wall_s'] / 60:.1f} min. Figures: ours as median (min–max) over repeats; the anchor "
+           f"measured in the same run; ratio = ours / anchor per repeat.", "", machine_line(summary), ""]
+    figures = _figures(summary)
+    goals = [(s, f) for s, f in figures if f.get("goal")]
+    out += ["## Goals", "", md_table(
+        ["figure", "ours", "anchor", "ratio", "goal", "met"],
+        [[f["name"], f"{fmt_stat(f['ours'])} {f['unit']}", _cell_anchor(f), _cell_ratio(f), f["goal"]["text"],
+          {True: "yes", False: "**no**", None: "–"}[f["goal"]["met"]]] for _, f in goals]), ""]
+    missed = [(s, f) for s, f in goals if f["goal"]["met"] is False]
+    if missed:
+        out += ["### Missed goals, by how much and why", ""]
+        for _, f in missed:
+            why = next((text for prefix, text in WHY if f["id"].startswith(prefix)), "")
+            out.append(f"- **{f['name']}**: {fmt_stat(f['ours'])} {f['unit']} against {f['goal']['text']}"
+                       f"{'; ' + _missed_by(f) if _missed_by(f) else ''}. {why}")
+        out.append("")
+    out += _profile_section(summary)
+    for step in summary["steps"]:
+        out += _step_section(step)
+    out += _gpu_section(summary["gpu"])
+    out += ["## Steps", "", md_table(["step", "command", "exit", "seconds"],
+                                     [[s["name"], "`" + " ".join(a for a in s["argv"] if "/tmp" not in a) + "`",
+                                       s["exit"], s["seconds"]] for s in summary["steps"]]), ""]
+    return "\n".join(out)
+
+
+def _profile_section(summary: dict[str, Any]) -> list[str]:
+    step = next((s for s in summary["steps"] if s["name"] == "profile" and s.get("report")), None)
+    if step is None:
+        return []
+    report = step["report"]
+    top = report.get("top", [])
+    lines = ["## Top costs on the end-to-end path", "",
+             f"py-spy on `serve --role all` while {report.get('ecgs')} ECGs arrived at {report.get('rate')}/s "
+             f"(90 % of the sustainable rate, PDF {'on' if report.get('pdf') else 'off'}), "
+             f"{report.get('samples')} busy-thread samples:", ""]
+    lines += [f"{i + 1}. **{t['name']}** — {t['share']:.0%} of the samples" for i, t in enumerate(top)]
+    lines.append("")
+    return lines
+
+
+def _step_section(step: dict[str, Any]) -> list[str]:
+    title = SECTIONS.get(step["name"], step["name"])
+    lines = [f"## {title}", ""]
+    report = step.get("report")
+    if step["exit"] != 0:
+        lines += [f"**This step failed (exit {step['exit']}).** Last lines of its output:", "", "```",
+                  *step["log"].splitlines()[-25:], "```", ""]
+    if report is None:
+        if step["exit"] == 0:
+            lines += ["```", *step["log"].strip().splitlines()[-40:], "```", ""]
+        return lines
+    figs = report.get("figures", [])
+    if figs:
+        lines += [md_table(["figure", "ours", "anchor", "ratio"],
+                           [[f["name"] + (f" ({f['note']})" if f.get("note") else ""),
+                             f"{fmt_stat(f['ours'])} {f['unit']}", _cell_anchor(f), _cell_ratio(f)]
+                            for f in figs]), ""]
+    for title_, text in report.get("tables", {}).items():
+        lines += [f"**{title_}**", "", text, ""]
+    lines += [f"- {note}" for note in report.get("notes", [])]
+    lines.append("")
+    return lines
+
+
+def _gpu_section(gpu: dict[str, Any]) -> list[str]:
+    rows = [[name, *[f"{v:,}" for v in values]] for name, values in gpu["rows"].items()]
+    return ["## GPU inference (" + gpu["note"] + ")", "",
+            f"`{gpu['command']}` on {gpu['device']}: ECG/s by batch size.", "",
+            md_table(["model", *[f"batch {b}" for b in gpu["batches"]]], rows), ""]
+
+
+#: The README's table: (figure id, short label). Missing ids are skipped.
+HEADLINE = (
+    ("dicom.assoc.4.rate.vs_dcmtk", "durable C-STORE/s, one association per ECG, 4 senders"),
+    ("dicom.assoc.4.rate.vs_pynetdicom", "durable C-STORE/s, one association per ECG, 4 senders"),
+    ("dicom.stream.1.rate.vs_dcmtk", "durable C-STORE/s, one association, 1 sender"),
+    ("hl7.150kb.4.rate", "HL7 150 KB messages/s, 4 connections"),
+    ("hl7.3kb.4.p99", "HL7 3 KB ACK p99, 4 connections"),
+    ("inference.cpu.t1.b32", "inference ECG/s, batch 32, 1 thread"),
+    ("e2e.pdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF on)"),
+    ("e2e.nopdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF off)"),
+    ("e2e.pdf.sustainable", "sustainable ECG/s end to end (PDF on)"),
+    ("e2e.nopdf.sustainable", "sustainable ECG/s end to end (PDF off)"),
+    ("scale.sqlite.100000.claim_p50", "queue claim p50, SQLite, 10^5 ECGs stored"),
+    ("scale.postgresql.100000.claim_p50", "queue claim p50, PostgreSQL, 10^5 ECGs stored"),
+    ("scale.memory.rss", "serve RSS after 10^4 ECGs"),
+    ("scale.pg.workers.2", "triage ECG/s, 2 worker processes on PostgreSQL"),
+)
+
+
+def readme_table(summary: dict[str, Any], results_name: str) -> str:
+    by_id = {f["id"]: (s, f) for s, f in _figures(summary)}
+    rows = []
+    for fid, label in HEADLINE:
+        if fid not in by_id:
+            continue
+        _, f = by_id[fid]
+        rows.append([label, f"`{f['command']}`", f"{fmt_stat(f['ours'])} {f['unit']}", _cell_anchor(f),
+                     _cell_ratio(f)])
+    m = summary["machine"]
+    head = (f"Generated by `bench/readme_perf.py` from `bench/results/{results_name}` (`bench/run_all`, "
+            f"{summary['date']}, revision `{summary['git']}`) on {m['cores']} cores ({m['cpu']}), "
+            f"load average {m.get('load_avg_start', ['?'])[0]} at the start"
+            f"{' — a shared machine, so figures are noisy' if m.get('load_avg_start', [0])[0] > 0.5 else ''}. "
+            f"Figures are median (min–max) over repeats; the anchor ran in the same run; ratio = ours / anchor. "
+            f"Goals, misses and the profile: the results file.")
+    return head + "\n\n" + md_table(["figure", "command", "result", "anchor", "ratio"], rows) + "\n"
+
+
+__all__ = ["render_markdown", "readme_table", "fmt_num"]
