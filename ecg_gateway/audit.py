@@ -48,10 +48,13 @@ APPLICATION_ACTIVITY = Code("110100", "Application Activity")
 AUDIT_LOG_USED = Code("110101", "Audit Log Used")
 INSTANCES_ACCESSED = Code("110103", "DICOM Instances Accessed")
 INSTANCES_TRANSFERRED = Code("110104", "DICOM Instances Transferred")
+STUDY_DELETED = Code("110105", "DICOM Study Deleted")
 EXPORT = Code("110106", "Export")
 SECURITY_ALERT = Code("110113", "Security Alert")
+USER_AUTHENTICATION = Code("110114", "User Authentication")
 APPLICATION_START = Code("110120", "Application Start")
 APPLICATION_STOP = Code("110121", "Application Stop")
+LOGIN = Code("110122", "Login")
 NODE_AUTHENTICATION = Code("110126", "Node Authentication")
 SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")
 RESTRICTED_FUNCTION = Code("110132", "Use of Restricted Function")
@@ -94,7 +97,11 @@ DICOM_AUDIT: dict[str, AuditMessage] = {
     "dead": AuditMessage(EXPORT, "R", SERIOUS_FAILURE),
     "security_alert": AuditMessage(SECURITY_ALERT, "E", MINOR_FAILURE, NODE_AUTHENTICATION),
     "outbound_retry": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
-    "admin_action": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "admin_jobs_requeue": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "admin_outbound_requeue": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "admin_replay": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "admin_purge": AuditMessage(STUDY_DELETED, "D", SUCCESS),
+    "admin_denied": AuditMessage(USER_AUTHENTICATION, "E", MINOR_FAILURE, LOGIN),
     "audit_log_used": AuditMessage(AUDIT_LOG_USED, "R", SUCCESS),
 }
 

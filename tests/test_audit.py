@@ -99,10 +99,11 @@ def test_query_filters_by_time_kind_and_limit(sessions) -> None:  # type: ignore
 def test_every_kind_the_gateway_writes_has_a_ps315_reading() -> None:
     written = {"app_start", "app_stop", "config_loaded", "model_loaded", "received", "received_duplicate",
                "received_conflict", "rejected", "triaged", "triage_failed", "delivered", "send_failed", "dead",
-               "security_alert", "outbound_retry", "audit_log_used"}
+               "security_alert", "outbound_retry", "audit_log_used", "admin_jobs_requeue",
+               "admin_outbound_requeue", "admin_replay", "admin_purge", "admin_denied"}
     assert written <= set(DICOM_AUDIT)
     assert {m.event_id.value for m in DICOM_AUDIT.values()} == {
-        "110100", "110101", "110103", "110104", "110106", "110113"}
+        "110100", "110101", "110103", "110104", "110105", "110106", "110113", "110114"}
 
 
 def _audit(config: Path, capsys, *argv: str) -> str:  # type: ignore[no-untyped-def]
