@@ -39,7 +39,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[GatewayProcess, Path, str]]:
 
 def _associate(port: int, contexts: list[str], calling: str = "TESTSCU") -> object:
     ae = AE(ae_title=calling)
-    ae.acse_timeout = 5
+    ae.acse_timeout = 30  # a loaded CI box can be slow; rejection is still immediate
     for uid in contexts:
         ae.add_requested_context(uid, ExplicitVRLittleEndian)
     return ae.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")
