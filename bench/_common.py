@@ -67,8 +67,12 @@ def fmt_stat(s: dict[str, Any] | None) -> str:
 
 def figure(fid: str, name: str, unit: str, ours: Sequence[float], *, anchor: Sequence[float] | None = None,
            anchor_name: str | None = None, higher_is_better: bool = True, goal: str | None = None,
-           goal_met: bool | None = None, command: str = "", note: str = "") -> dict[str, Any]:
-    """One published figure; the ratio is ours/anchor per repeat (paired by position)."""
+           goal_met: bool | None = None, goal_value: float | None = None, goal_measured: float | None = None,
+           command: str = "", note: str = "") -> dict[str, Any]:
+    """One published figure; the ratio is ours/anchor per repeat (paired by position).
+
+    ``goal_value`` is the goal's threshold and ``goal_measured`` what is compared with it (default:
+    ours, median), so a results file can say by how much a goal is missed."""
     record: dict[str, Any] = {"id": fid, "name": name, "unit": unit, "ours": stat(ours),
                               "higher_is_better": higher_is_better, "command": command}
     if anchor is not None:
@@ -76,7 +80,8 @@ def figure(fid: str, name: str, unit: str, ours: Sequence[float], *, anchor: Seq
         ratios = [o / a for o, a in zip(ours, anchor) if a and a == a and o == o]
         record["ratio"] = stat(ratios)
     if goal:
-        record["goal"] = {"text": goal, "met": goal_met}
+        measured = goal_measured if goal_measured is not None else record["ours"]["median"]
+        record["goal"] = {"text": goal, "met": goal_met, "value": goal_value, "measured": measured}
     if note:
         record["note"] = note
     return record

@@ -28,8 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import fmt_num, fmt_stat, load_average, machine_info, md_table  # noqa: E402
-from bench.report import render_markdown  # noqa: E402
+from bench._common import load_average, machine_info  # noqa: E402
+from bench.report import chaos_report, render_markdown  # noqa: E402
 
 #: The training run's GPU numbers (issue #9 item 4): not re-run here.
 GPU_MEASURED = {
@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             report_path = work / f"{name}.json"
             if report_path.exists():
                 step["report"] = json.loads(report_path.read_text())
+                if "figures" not in step["report"]:  # bench/chaos.py: an invariants record
+                    step["report"] = chaos_report(step["report"], step["exit"])
             results.append(step)
     info["load_avg_end"] = [round(x, 2) for x in load_average()]
     summary = {"date": stem, "smoke": args.smoke, "machine": info, "git": _git_revision(),

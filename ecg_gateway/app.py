@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy import Engine
@@ -29,6 +29,9 @@ from ecg_gateway.config import Config, redacted_dump
 from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
 from ecg_gateway.store.ingest import Ingestor
+
+if TYPE_CHECKING:
+    from ecg_gateway.inbound.hl7_receiver import Hl7Receiver
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +78,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._dicom_server: Any = None
         self._hl7_server: Any = None
+        self._hl7_receiver: Hl7Receiver | None = None
         self._signals = 0
         self._ops_server: Any = None
         self._health_sources: dict[str, Any] = {}
@@ -136,7 +140,8 @@ class Gateway:
         from ecg_gateway.inbound.hl7_receiver import Hl7Receiver, start_hl7_listener
 
         try:
-            self._hl7_server = await start_hl7_listener(Hl7Receiver(self.ingestor), self.config.hl7)
+            self._hl7_receiver = Hl7Receiver(self.ingestor, threads=self.config.hl7.decode_threads)
+            self._hl7_server = await start_hl7_listener(self._hl7_receiver, self.config.hl7)
         except OSError as exc:
             raise StartupError(f"cannot bind HL7 port {self.config.hl7.port}: {exc.strerror}",
                                EX_UNAVAILABLE) from exc
@@ -245,6 +250,8 @@ class Gateway:
         if self._hl7_server is not None:
             self._hl7_server.close()
             await self._hl7_server.wait_closed()
+        if self._hl7_receiver is not None:
+            await asyncio.to_thread(self._hl7_receiver.close)
         self._thread_stop.set()
         self.nudge.set()
         for thread in self._threads:

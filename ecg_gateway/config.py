@@ -62,6 +62,8 @@ class Hl7Config(Section):
     idle_timeout_s: float = Field(300.0, gt=0)
     max_connections: int = Field(64, ge=1)
     max_connections_per_ip: int = Field(8, ge=1, description="idle sockets from one address must not exhaust max_connections")
+    decode_threads: int = Field(2, ge=1, le=64, description="threads that decode and commit messages; more than 2 "
+                                "only add GIL contention (bench/mllp.py)")
     tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS (>= 1.2)")
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: set it to require client certificates")

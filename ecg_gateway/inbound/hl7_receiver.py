@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 import ssl
 from dataclasses import dataclass
 
@@ -58,14 +59,19 @@ class Hl7Receiver:
     """Turns one MLLP payload into zero, one or two ACK payloads (see module docstring)."""
 
     def __init__(self, ingestor: Ingestor, *, application: str = "ECG-GATEWAY",
-                 processing_ids: tuple[str, ...] = ("P", "T")) -> None:
+                 processing_ids: tuple[str, ...] = ("P", "T"), threads: int = 2) -> None:
+        """``threads`` decode and commit messages (a pool of its own, not asyncio's default
+        one): two overlap one message's decode with another's fsync; more only contend for
+        the GIL. With 4 connections of 150 KB ORUs, 2 threads gave ACK p99 31 ms, 6 gave
+        47 ms (bench/mllp.py)."""
         self._ingestor = ingestor
         self._application = application
         self._processing_ids = processing_ids
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hl7")
 
     async def handle(self, payload: bytes, peer: str) -> list[bytes] | None:
         """The MLLP handler: returns the ACK payload(s) to send, in order, or None."""
-        outcome = await asyncio.to_thread(self.process, payload, peer)
+        outcome = await asyncio.get_running_loop().run_in_executor(self._pool, self.process, payload, peer)
         return self.respond(outcome)
 
     async def handle_too_large(self, marker: FrameTooLarge, peer: str) -> list[bytes] | None:
@@ -80,6 +86,10 @@ class Hl7Receiver:
         self._ingestor.reject("hl7", peer, ack="AE", err=102, reason="message too large", size=marker.size,
                               control_id=header.control_id if header else None)
         return self.respond(Outcome("AE", header, error, "message too large"))
+
+    def close(self) -> None:
+        """Stop the decode threads once the listener is closed (running messages finish)."""
+        self._pool.shutdown(wait=True)
 
     def refused(self, peer: str, reason: str) -> None:
         """A connection the listener turned away (connection caps): a security alert."""
