@@ -21,7 +21,7 @@ commit (first ``ecg_triaged`` -> ``batch_committed``), sender wait (-> the sende
 ORU (decode, PDF render, compose, store payload, write: -> the EHR has the frame), ACK
 (-> ``outbound_delivered``). Model time per batch comes from the Prometheus histogram.
 
-    python bench/e2e.py [--variants pdf,nopdf,split] [--windows 3] [--json OUT]
+    python bench/e2e.py [--variants pdf,nopdf,split,split-nopdf] [--windows 3] [--json OUT]
     python bench/e2e.py --smoke
 """
 
@@ -347,7 +347,7 @@ def build_figures(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few ECGs per phase (seconds)")
-    parser.add_argument("--variants", default="pdf,nopdf,split-nopdf",
+    parser.add_argument("--variants", default="pdf,nopdf,split,split-nopdf",
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--windows", type=int, default=3, help="repeats (windows) per phase")
     parser.add_argument("--burst", type=int, default=150, help="ECGs per capacity burst")

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure, machine_facts, write_report  # noqa: E402
+from _common import figure, machine_facts, md_table, write_report  # noqa: E402
 
 from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
 from ecg_gateway.triage.decide import decide  # noqa: E402
@@ -91,6 +91,64 @@ def build(args: argparse.Namespace) -> TriageModel:
     return TriageModel(net, contract, list(c for c in ("normal", "abnormal_not_acute", "subacute", "acute")),
                        {}, {"model_id": f"random-{args.variant}"}, "-" * 64, torch.device(args.device),
                        optimize=not args.plain)
+
+
+def op_profile(model: TriageModel, batch: int = 32, passes: int = 5) -> dict[str, Any]:
+    """Where a CPU forward pass of ``batch`` ECGs spends its time: self time per operator, and
+    per convolution shape its achieved GFLOP/s (the evidence for the efficiency figure)."""
+    leads, length = len(model.contract.leads), model.contract.length
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
+    with torch.inference_mode():
+        model.runner(x)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            for _ in range(passes):
+                model.runner(x)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = sorted(((e.key, e.self_cpu_time_total) for e in events), key=lambda kv: -kv[1])[:6]
+    convs = conv_timings(model.runner, x, passes)
+    convs.sort(key=lambda c: -c["ms"])
+    return {"batch": batch, "ms_per_batch": total / passes / 1e3,
+            "ops": [{"op": k, "ms": v / passes / 1e3, "share": v / total} for k, v in ops], "convs": convs}
+
+
+def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[dict[str, Any]]:
+    """Wall time and achieved GFLOP/s of every convolution, grouped by shape (forward hooks)."""
+    started: dict[torch.nn.Module, float] = {}
+    spent: dict[str, list[float]] = {}
+    flops: dict[str, float] = {}
+
+    def before(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        started[mod] = time.perf_counter()
+
+    def after(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        took = time.perf_counter() - started.pop(mod)
+        k = mod.kernel_size[-1]  # type: ignore[index]
+        key = f"{mod.in_channels}->{mod.out_channels}, k{k}, length {args[0].shape[-1]}->{out.shape[-1]}"
+        spent.setdefault(key, []).append(took)
+        flops[key] = 2.0 * out.numel() * mod.in_channels * k / mod.groups  # type: ignore[operator]
+
+    convs = [m for m in runner.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    hooks = [h for m in convs for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with torch.inference_mode():
+            for _ in range(passes):
+                runner(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [{"shape": key, "calls": len(times) // passes, "ms": sum(times) / passes * 1e3,
+             "gflop_per_s": flops[key] * len(times) / sum(times) / 1e9} for key, times in spent.items()]
+
+
+def profile_tables(profile: dict[str, Any], peak: float) -> dict[str, str]:
+    ops = md_table(["operator", "ms per batch", "share"],
+                   [[o["op"], f"{o['ms']:.2f}", f"{o['share']:.0%}"] for o in profile["ops"]])
+    convs = md_table(["convolution (channels, kernel, length in->out)", "calls", "ms per batch", "GFLOP/s", "of matmul peak"],
+                     [[c["shape"], c["calls"], f"{c['ms']:.2f}", f"{c['gflop_per_s']:.0f}",
+                       f"{c['gflop_per_s'] * 1e9 / peak:.0%}"] for c in profile["convs"][:10]])
+    title = f"batch {profile['batch']}, {profile['ms_per_batch']:.1f} ms of operator time per batch"
+    return {f"profile: operators ({title})": ops, "profile: the 10 costliest convolution shapes": convs}
 
 
 def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
@@ -199,8 +257,16 @@ def main() -> int:
         print(f"bf16 CPU path on {check['reference']}: categories agree {check['category_agreement']:.2%}, "
               f"max |dp| {check['max_prob_diff']:.4f}, batch 32 {check['ecg_per_s_bf16_b32']:.0f} ECG/s "
               f"vs fp32 {check['ecg_per_s_fp32_b32']:.0f} -> {'qualifies' if check['qualifies'] else 'NOT used'}")
+    tables: dict[str, str] = {}
+    if not cuda:
+        profile = op_profile(model, passes=1 if args.smoke else 5)
+        report["profile"] = profile
+        tables = profile_tables(profile, peak)
+        for title, text in tables.items():
+            print(f"\n{title}\n{text}")
     if args.json:
         write_report(args.json, "inference", _figures(report, args, torch.get_num_threads()), smoke=args.smoke,
+                     tables=tables,
                      notes=[f"{model.model_id}: {flops / 1e9:.3f} GFLOP per ECG, torch threads "
                             f"{torch.get_num_threads()}, matmul ceiling {peak / 1e9:.1f} GFLOP/s (best of "
                             f"{2 * args.repeats} runs of a {2048 if device.type == 'cpu' else 8192}^2 "

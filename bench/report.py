@@ -28,7 +28,7 @@ WHY = (
     ("inference.", "The network is many small convolutions (widths 32-512, lengths down to 2-8 samples at "
                    "100 Hz, 75 conv calls per forward): oneDNN reaches ~50-60 % of the matmul rate on the "
                    "large early layers but far less on the late short ones, and BN/ReLU/add/concat between "
-                   "them cost ~25 % of the time (bench/inference.py profile, docs/triage-worker.md). The "
+                   "them cost ~25 % of the time (the profile tables in the inference sections below). The "
                    "verified bf16 path (1.4x) is the way up on this CPU; fp32 stays the default."),
     ("scale.pg.workers", "Worker processes share the 2 cores with PostgreSQL and the load generator."),
     ("scale.memory", "RSS keeps rising slowly after the first half: no unbounded structure of ours is known "
@@ -185,12 +185,15 @@ HEADLINE = (
     ("dicom.assoc.4.rate.vs_pynetdicom", "durable C-STORE/s, one association per ECG, 4 senders"),
     ("dicom.stream.1.rate.vs_dcmtk", "durable C-STORE/s, one association, 1 sender"),
     ("hl7.150kb.4.rate", "HL7 150 KB messages/s, 4 connections"),
-    ("hl7.3kb.4.p99", "HL7 3 KB ACK p99, 4 connections"),
+    ("hl7.150kb.4.p99", "HL7 150 KB ACK p99, 4 connections"),
     ("inference.cpu.t1.b32", "inference ECG/s, batch 32, 1 thread"),
+    ("inference.cpu.t2.b32", "inference ECG/s, batch 32, 2 threads"),
+    ("chaos.lost", "ECGs lost under kill -9"),
     ("e2e.pdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF on)"),
     ("e2e.nopdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF off)"),
     ("e2e.pdf.sustainable", "sustainable ECG/s end to end (PDF on)"),
     ("e2e.nopdf.sustainable", "sustainable ECG/s end to end (PDF off)"),
+    ("e2e.split.sustainable", "sustainable ECG/s end to end (PDF on, worker and sender processes)"),
     ("scale.sqlite.100000.claim_p50", "queue claim p50, SQLite, 10^5 ECGs stored"),
     ("scale.postgresql.100000.claim_p50", "queue claim p50, PostgreSQL, 10^5 ECGs stored"),
     ("scale.memory.rss", "serve RSS after 10^4 ECGs"),
