@@ -1,8 +1,9 @@
 """PTB-XL as one compact array file: decode the FLAC records once, train anywhere.
 
 ``[N, 8, 1000]`` int16 microvolts (the records' own resolution: gain 1000/mV, so lossless)
-of the independent leads I, II, V1-V6, plus ecg_id, fold, label (-1 = none) and the
-measured heart rate. A GPU host without wfdb/soundfile trains from this file alone.
+of the independent leads I, II, V1-V6, plus ecg_id, fold, label (-1 = none), the
+measured heart rate and the counted SCP statements (multi-hot, the training's auxiliary
+statement targets). A GPU host without wfdb/soundfile trains from this file alone.
 
 The manifest hash identifies the training data: sha256 over the dataset's SHA256SUMS, the
 kept ecg_ids with their folds and labels, and the mapping hash.
@@ -11,13 +12,14 @@ kept ecg_ids with their folds and labels, and the mapping hash.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ecg_gateway.ecg import CATEGORY_ORDER, INDEPENDENT_LEADS, Ecg
-from model_training.labels import MAPPING_VERSION, mapping_hash
+from model_training.labels import MAPPING_VERSION, counted_statements, mapping_hash, statement_codes
 
 FS = 100.0
 LENGTH = 1000
@@ -32,10 +34,13 @@ class PtbxlArrays:
     heart_rate: np.ndarray  # float32 bpm (NaN when undetectable)
     manifest_hash: str
     mapping_version: str
+    statements: np.ndarray | None = None  # uint8 [N, len(statement_codes())]; None in old caches
 
     def subset(self, mask: np.ndarray) -> PtbxlArrays:
+        statements = None if self.statements is None else self.statements[mask]
         return PtbxlArrays(self.signals[mask], self.ecg_id[mask], self.fold[mask], self.label[mask],
-                           self.heart_rate[mask], self.manifest_hash, self.mapping_version)
+                           self.heart_rate[mask], self.manifest_hash, self.mapping_version,
+                           statements)
 
     def ecg(self, i: int) -> Ecg:
         """Record i as an Ecg in mV (for preprocess(); identical to reading the WFDB file)."""
@@ -76,10 +81,25 @@ def build(root: Path, out: Path | None, *, folds: list[int] | None = None,
         fold[i] = item.meta["fold"]
     ecg_id = ds.table.index.to_numpy().astype(np.int32)
     digest = manifest_hash((root / "SHA256SUMS").read_bytes(), ecg_id, fold, label)
-    arrays = PtbxlArrays(signals, ecg_id, fold, label, hr, digest, MAPPING_VERSION)
+    arrays = PtbxlArrays(signals, ecg_id, fold, label, hr, digest, MAPPING_VERSION,
+                         statement_targets(ds.table["scp_codes"]))
     if out is not None:
         save(arrays, out)
     return arrays
+
+
+def statement_targets(scp_codes: Iterable[Mapping[str, float]]) -> np.ndarray:
+    """Multi-hot ``[N, len(statement_codes())]`` of the statements that count for the label."""
+    column = {code: j for j, code in enumerate(statement_codes())}
+    rows = list(scp_codes)
+    out = np.zeros((len(rows), len(column)), dtype=np.uint8)
+    for i, codes in enumerate(rows):
+        out[i, [column[c] for c in counted_statements(codes)]] = 1
+    return out
+
+
+def _optional(arrays: PtbxlArrays) -> dict[str, np.ndarray]:
+    return {} if arrays.statements is None else {"statements": arrays.statements}
 
 
 def save(arrays: PtbxlArrays, out: Path) -> None:
@@ -87,7 +107,7 @@ def save(arrays: PtbxlArrays, out: Path) -> None:
     np.savez_compressed(out, signals=arrays.signals, ecg_id=arrays.ecg_id, fold=arrays.fold,
                         label=arrays.label, heart_rate=arrays.heart_rate,
                         manifest_hash=np.array(arrays.manifest_hash),
-                        mapping_version=np.array(arrays.mapping_version))
+                        mapping_version=np.array(arrays.mapping_version), **_optional(arrays))
 
 
 def save_packed(arrays: PtbxlArrays, out: Path) -> None:
@@ -100,7 +120,7 @@ def save_packed(arrays: PtbxlArrays, out: Path) -> None:
     np.savez(out, packed=payload, shape=np.array(arrays.signals.shape), ecg_id=arrays.ecg_id,
              fold=arrays.fold, label=arrays.label, heart_rate=arrays.heart_rate,
              manifest_hash=np.array(arrays.manifest_hash),
-             mapping_version=np.array(arrays.mapping_version))
+             mapping_version=np.array(arrays.mapping_version), **_optional(arrays))
 
 
 def _signals(part: np.lib.npyio.NpzFile) -> np.ndarray:
@@ -121,8 +141,10 @@ def load(paths: Path | list[Path]) -> PtbxlArrays:
         raise ValueError("cache chunks come from different builds")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("ecg_id", "fold", "label", "heart_rate")}
     cat["signals"] = np.concatenate([_signals(p) for p in parts])
+    statements = (np.concatenate([p["statements"] for p in parts])
+                  if all("statements" in p for p in parts) else None)
     return PtbxlArrays(cat["signals"], cat["ecg_id"], cat["fold"], cat["label"], cat["heart_rate"],
-                       hashes.pop(), str(parts[0]["mapping_version"]))
+                       hashes.pop(), str(parts[0]["mapping_version"]), statements)
 
 
 def split(arrays: PtbxlArrays, out_dir: Path, n_chunks: int) -> list[Path]:

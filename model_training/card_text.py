@@ -109,7 +109,12 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             "to 10 s by the daemon's preprocess(). Never used for training or tuning."),
         "training_description": (
             f"Focal loss (γ={training.get('gamma')}) with '{training.get('class_weights')}' class "
-            f"weights (inverse square root of class frequency), auxiliary head 0.3, Adam "
+            f"weights (inverse square root of class frequency), auxiliary head "
+            f"{training.get('aux_weight', 0.3)}, "
+            + (f"multi-label SCP-statement head on the main head's hidden layer "
+               f"({training['statement_weight']} × mean BCE over the 71 statements that count for "
+               "the label; training only), " if training.get("statement_weight") else "")
+            + f"Adam "
             f"(lr {training.get('lr')}, weight decay 1e-4), batch {training.get('batch_size')}, "
             "ReduceLROnPlateau ×0.5 after 3 flat epochs, early stopping after 8 epochs without "
             "improvement of the validation score = mean(overall c, PDI) on fold 9, at most "

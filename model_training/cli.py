@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       val_folds=_folds(args.val_folds), widths=[int(w) for w in args.widths.split(",")],
                       blocks_per_group=args.blocks_per_group, model_id=args.model_id,
                       num_threads=args.threads, time_limit_min=args.time_limit_min,
-                      schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay)
+                      schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay,
+                      statement_weight=args.statement_weight)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
     p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--statement-weight", type=float, default=2.0,
+                   help="weight of the multi-label SCP-statement loss (0 = off)")
     p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--train-folds", default="1-8")

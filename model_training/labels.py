@@ -163,6 +163,17 @@ def statement_category(code: str, record: Mapping[str, Any] | None = None) -> Tr
     return rule.category
 
 
+def counted_statements(scp_codes: Mapping[str, float]) -> list[str]:
+    """The statements that count for the label (likelihood >= MIN_LIKELIHOOD or 0)."""
+    return [code for code, likelihood in scp_codes.items()
+            if likelihood >= MIN_LIKELIHOOD or likelihood == 0]
+
+
+def statement_codes() -> tuple[str, ...]:
+    """Every SCP code of the table, in table order: the columns of the statement targets."""
+    return tuple(rule.code for rule in PTBXL_TABLE)
+
+
 def triage_category(scp_codes: Mapping[str, float],
                     record: Mapping[str, Any] | None = None) -> TriageCategory | None:
     """The triage category of a PTB-XL record, or None when no statement counts.
@@ -172,9 +183,7 @@ def triage_category(scp_codes: Mapping[str, float],
     Unknown statement codes raise KeyError: the table must cover every code.
     """
     worst: TriageCategory | None = None
-    for code, likelihood in scp_codes.items():
-        if not (likelihood >= MIN_LIKELIHOOD or likelihood == 0):
-            continue
+    for code in counted_statements(scp_codes):
         cat = statement_category(code, record)
         if worst is None or SEVERITY[cat] > SEVERITY[worst]:
             worst = cat

@@ -1,7 +1,9 @@
 """Train the shared TriageNet on PTB-XL (folds 1-8), early-stopped on fold 9.
 
 As in the group's code: focal loss (gamma 1) with per-class weights and an auxiliary head
-(loss = L_main + 0.3 L_aux), Adam. Augmentation on the device: amplitude scaling, Gaussian
+(loss = L_main + 0.3 L_aux), Adam; here also a multi-label head on the SCP statements the
+label was derived from (+ 2 x mean BCE), which teaches the shared features each finding
+behind a category instead of only the category. Augmentation on the device: amplitude scaling, Gaussian
 noise, baseline wander and a time shift. Every epoch ends with a resumable state
 (``last.pt``); the best epoch by the validation score (mean of overall c and PDI) is kept
 as ``best_state.pt``. After training, the acute threshold is chosen on fold 9
@@ -47,6 +49,7 @@ class TrainConfig:
     gamma: float = 1.0  # focal loss; 0 = weighted cross-entropy
     class_weights: str = "sqrt"  # none | sqrt | inverse (of the training class frequency)
     aux_weight: float = 0.3
+    statement_weight: float = 2.0  # multi-label SCP-statement head (mean BCE); 0 = off
     patience: int = 8
     seed: int = 0
     device: str = "auto"
@@ -167,9 +170,10 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
     x_va = torch.from_numpy(model_inputs(va)).to(device)
     weights_np = class_weights(tr.label.astype(np.int64), cfg.class_weights)
     weights = torch.tensor(weights_np, dtype=torch.float32, device=device)
+    s_tr = _statement_targets(tr, cfg, device)
     net = TriageNet(in_leads=len(CONTRACT.leads), n_classes=K, fs=CONTRACT.fs, length=CONTRACT.length,
                     widths=tuple(cfg.widths), blocks_per_group=cfg.blocks_per_group,
-                    aux_head=True).to(device)
+                    aux_head=True, n_statements=0 if s_tr is None else s_tr.shape[1]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = x_tr.shape[0]
     n_batches = max(1, n // cfg.batch_size)
@@ -216,10 +220,13 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
             if cfg.augment:
                 xb = augment(xb, gen)
             with _autocast(device):
-                main, aux = net.forward_train(xb)
+                main, aux, statements = net.forward_train(xb)
             loss = focal_loss(main, yb, weights, cfg.gamma)
             if aux is not None and cfg.aux_weight:
                 loss = loss + cfg.aux_weight * focal_loss(aux, yb, weights, cfg.gamma)
+            if statements is not None and s_tr is not None:
+                loss = loss + cfg.statement_weight * F.binary_cross_entropy_with_logits(
+                    statements.float(), s_tr[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -253,6 +260,15 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state,
                     "config": asdict(cfg)}, last)
     return finish(cfg, net, x_va, va, state, arrays)
+
+
+def _statement_targets(tr: PtbxlArrays, cfg: TrainConfig, device: torch.device) -> Tensor | None:
+    """Float multi-hot SCP-statement targets of the training records, or None (head off)."""
+    if not cfg.statement_weight or tr.statements is None:
+        if cfg.statement_weight:
+            log.warning("no_statement_targets", hint="rebuild the cache: python -m model_training cache")
+        return None
+    return torch.from_numpy(tr.statements.astype(np.float32)).to(device)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN202
@@ -303,6 +319,7 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
             "git_revision": summary["git_revision"], "best_epoch": int(summary["best_epoch"]),
             "training": {k: summary["config"][k] for k in
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
+                          "aux_weight", "statement_weight",
                           "train_folds", "val_folds", "target_sensitivity")},
             "validation": val, "metrics": None}
 

@@ -164,3 +164,21 @@ def test_db_export_joins_results_with_clinician_labels(tmp_path) -> None:  # typ
     labels.write_text("message_id,category\n1,urgent\n")
     with pytest.raises(ValueError, match="line 2"):
         DbExportDataset(url, labels)
+
+
+def test_statement_targets_follow_the_label_rule_and_survive_the_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The auxiliary multi-hot targets count exactly the statements the label counts."""
+    from model_training import cache
+    from model_training.labels import statement_codes
+
+    codes = statement_codes()
+    assert len(codes) == len(set(codes)) == 71
+    targets = cache.statement_targets([{"NORM": 100.0, "SR": 0.0}, {"IMI": 35.0, "LVH": 50.0}, {}])
+    on = [[codes[j] for j in np.flatnonzero(row)] for row in targets]
+    assert on == [["NORM", "SR"], ["LVH"], []]  # IMI at 35 % does not count, as in the label
+    arrays = PtbxlArrays(np.zeros((3, 8, 1000), np.int16), np.arange(3), np.array([1, 9, 10]),
+                         np.array([0, 1, -1], np.int8), np.zeros(3, np.float32), "h", "v", targets)
+    cache.save(arrays, tmp_path / "c.npz")
+    back = cache.load(tmp_path / "c.npz")
+    assert back.statements is not None and np.array_equal(back.statements, targets)
+    assert np.array_equal(back.subset(np.array([False, True, True])).statements, targets[1:])

@@ -83,8 +83,8 @@ def test_ptbxl_variant_is_the_same_class() -> None:
     head = sum(p.numel() for p in net.head.parameters())
     assert head == _head_params(512 * 2)
     net.train()
-    main, aux = net.forward_train(torch.randn(3, 8, 1000))
-    assert main.shape == aux.shape == (3, 4)
+    main, aux, statements = net.forward_train(torch.randn(3, 8, 1000))
+    assert main.shape == aux.shape == (3, 4) and statements is None
     assert net(torch.randn(3, 8, 1000)).shape == (3, 4)  # forward: main logits in train mode too
 
 
@@ -96,8 +96,22 @@ def test_arch_kwargs_rebuild_and_no_aux() -> None:
     twin = TriageNet(**kwargs)
     assert {k: v.shape for k, v in twin.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
     assert net.conv_depth == 3 + 2 * 4 + 2
-    main, aux = net.forward_train(torch.randn(1, 12, 2500))
+    main, aux, _ = net.forward_train(torch.randn(1, 12, 2500))
     assert main.shape == (1, 4) and aux is None
+
+
+def test_statement_head_is_training_only() -> None:
+    """The multi-label statement head reads the main head's hidden layer and never ships."""
+    torch.manual_seed(0)
+    net = TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16, n_statements=71).eval()
+    x = torch.randn(2, 8, 1000)
+    main, _, statements = net.forward_train(x)
+    assert statements is not None and statements.shape == (2, 71)
+    torch.testing.assert_close(main, net(x))  # same main logits with or without the extra head
+    kept = net.inference_state_dict()
+    assert not any(k.startswith(("aux.", "statements.")) for k in kept)
+    plain = TriageNet(**{**net.arch_kwargs(), "aux_head": False, "n_statements": 0})
+    plain.load_state_dict(kept)  # strict: the inference net needs nothing else
 
 
 def test_eval_output_does_not_depend_on_batch() -> None:

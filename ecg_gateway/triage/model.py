@@ -89,7 +89,8 @@ def save_checkpoint(path: str | os.PathLike[str], net: TriageNet, contract: Inpu
                     metadata: dict[str, Any] | None = None) -> str:
     """Write ``net`` (inference weights only) and its contract atomically; return the sha256."""
     arch = net.arch_kwargs()
-    arch["aux_head"] = False  # the auxiliary head only serves training
+    arch["aux_head"] = False  # the auxiliary heads only serve training
+    arch["n_statements"] = 0
     payload = {
         "format": FORMAT, "arch": ARCH, "arch_kwargs": arch,
         "state_dict": {k: v.detach().cpu().clone() for k, v in net.inference_state_dict().items()},

@@ -11,6 +11,9 @@ the group's public code (docs: triage.md §1.3):
 * heads, 2 FC: Flatten → Linear(→fc_hidden)-ReLU-Dropout → Linear(→n_classes). An
   auxiliary head of the same shape reads the middle of the body (after group 2); it only
   serves the training loss (0.3·L_aux + L_main) and is not saved in inference checkpoints.
+  Optionally (``n_statements``) a linear multi-label head on the main head's hidden layer
+  predicts the diagnostic statements the triage label was derived from: richer supervision
+  for the same features, also training-only.
 
 3 + 16·2 + 2 = 37 layers. Sampling rate, length, leads, widths and depth are constructor
 arguments so the paper's net (8 leads, 500 Hz, 5000 samples) and the PTB-XL variant
@@ -119,7 +122,8 @@ class TriageNet(nn.Module):
     def __init__(self, in_leads: int = 8, n_classes: int = 4, fs: float = 100, length: int = 1000,
                  stem_channels: int = 32, widths: tuple[int, ...] = (64, 128, 256, 512),
                  blocks_per_group: int = 4, kernel_size: int = 5, dilation: int | None = None,
-                 dropout: float = 0.3, fc_hidden: int = 256, aux_head: bool = True) -> None:
+                 dropout: float = 0.3, fc_hidden: int = 256, aux_head: bool = True,
+                 n_statements: int = 0) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
@@ -131,6 +135,7 @@ class TriageNet(nn.Module):
             stem_channels=stem_channels, widths=tuple(int(w) for w in widths),
             blocks_per_group=blocks_per_group, kernel_size=kernel_size, dilation=dilation,
             dropout=float(dropout), fc_hidden=fc_hidden, aux_head=bool(aux_head),
+            n_statements=int(n_statements),
         )
         first = widths[0]
         self.stem = nn.Sequential(
@@ -156,6 +161,7 @@ class TriageNet(nn.Module):
         self.head = _head(in_ch * lengths[-1], fc_hidden, n_classes, dropout)
         self.aux = (_head(widths[self.aux_at] * lengths[self.aux_at], fc_hidden, n_classes, dropout)
                     if aux_head else None)
+        self.statements = nn.Linear(fc_hidden, n_statements) if n_statements else None
         self.feature_lengths = tuple(lengths)
 
     def arch_kwargs(self) -> dict[str, Any]:
@@ -183,12 +189,16 @@ class TriageNet(nn.Module):
         features, _ = self._body(x)
         return self.head(features)
 
-    def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``x [N, in_leads, length]`` -> ``(main_logits, aux_logits)``, both ``[N, n_classes]``."""
+    def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``x [N, in_leads, length]`` -> ``(main_logits, aux_logits, statement_logits)``:
+        ``[N, n_classes]`` twice and ``[N, n_statements]``; ``None`` for an absent head."""
         features, mid = self._body(x)
         aux = self.aux(mid) if self.aux is not None and mid is not None else None
-        return self.head(features), aux
+        hidden = self.head[:-1](features)
+        statements = self.statements(hidden) if self.statements is not None else None
+        return self.head[-1](hidden), aux, statements
 
     def inference_state_dict(self) -> dict[str, Tensor]:
-        """The weights an inference checkpoint needs (the auxiliary head left out)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("aux.")}
+        """The weights an inference checkpoint needs (the training-only heads left out)."""
+        return {k: v for k, v in self.state_dict().items()
+                if not k.startswith(("aux.", "statements."))}
