@@ -5,6 +5,8 @@ Same function, different kernels (outputs match the original to ~1e-6):
 * every Conv1d becomes a Conv2d over ``[N, C, 1, L]`` in channels-last memory: oneDNN's
   "nwc" kernels reach 1.5–3× the FLOP/s of its "ncw" ones for these shapes (small channel
   counts, 1×1 and dilated convs), measured in bench/inference.py;
+* a 1×1 conv (including a dilated conv reduced to its centre tap) runs as one GEMM on the
+  channels-last rows (``PointwiseConv``): ~10 % more ECG/s at batch 32 on the 2-core box;
 * a BatchNorm that directly follows a conv is folded into the conv's weights;
 * a dilated conv whose input (known statically from the contract length) is no longer
   than its dilation keeps only its centre tap (see ``network.DilatedConv1d``).
@@ -17,10 +19,14 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ecg_gateway.triage.network import TriageNet
+
+#: Run 1×1 convs as GEMMs (PointwiseConv); measured per machine in bench/inference.py.
+POINTWISE_AS_GEMM = True
 
 
 def _input_lengths(net: TriageNet, leads: int, length: int) -> dict[nn.Conv1d, int]:
@@ -55,6 +61,30 @@ def _conv2d(conv: nn.Conv1d, in_length: int) -> nn.Conv2d:
     return out.to(memory_format=torch.channels_last)
 
 
+class PointwiseConv(nn.Module):
+    """A 1×1 conv on a channels-last ``[N, C, 1, L]`` tensor run as one GEMM (``F.linear``).
+
+    In channels-last memory the tensor already is the ``[N·L, C]`` matrix, so the conv is a
+    plain matrix product with no layout change; oneDNN's direct 1×1 kernels reach less of
+    the matmul rate on these short, narrow shapes (bench/inference.py profile).
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.groups, self.stride = (1, 1), 1, conv.stride[1]
+        self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).contiguous(),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+                     if conv.bias is not None else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stride != 1:
+            x = x[..., ::self.stride]
+        rows = x.permute(0, 2, 3, 1)  # [N, 1, L, C]: a view when x is channels-last
+        return F.linear(rows, self.weight, self.bias).permute(0, 3, 1, 2)
+
+
 def _bn2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
     out = nn.BatchNorm2d(bn.num_features, eps=bn.eps, affine=bn.affine)
     out.load_state_dict(bn.state_dict())
@@ -72,7 +102,9 @@ def _rewrite(module: nn.Module, lengths: dict[nn.Conv1d, int]) -> None:
                 module[i], module[i + 1] = fused, nn.Identity()
     for name, child in module.named_children():
         if isinstance(child, nn.Conv1d):
-            setattr(module, name, _conv2d(child, lengths[child]))
+            conv = _conv2d(child, lengths[child])
+            pointwise = conv.kernel_size == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            setattr(module, name, PointwiseConv(conv) if pointwise and POINTWISE_AS_GEMM else conv)
         elif isinstance(child, nn.BatchNorm1d):
             setattr(module, name, _bn2d(child))
         elif isinstance(child, nn.Dropout):
