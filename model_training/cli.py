@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-fold", type=int, help="smoke: first N records per fold, read from --ptbxl")
     p.add_argument("--widths", default="64,128,256,512")
     p.add_argument("--blocks-per-group", type=int, default=4)
-    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v1")
+    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v2")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

@@ -60,7 +60,7 @@ class TrainConfig:
     target_sensitivity: float = 0.95
     widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     blocks_per_group: int = 4
-    model_id: str = "ecg-triage-ptbxl100-v1"
+    model_id: str = "ecg-triage-ptbxl100-v2"
     num_threads: int | None = None
     time_limit_min: float | None = None  # stop (and finish cleanly) before this wall-clock budget
     schedule: str = "plateau"  # plateau (x0.5 after 3 flat epochs) | cosine (1-epoch warm-up, per step)
