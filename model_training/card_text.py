@@ -97,6 +97,13 @@ COMMANDS = [
 ]
 
 
+def _schedule_text(training: dict[str, Any]) -> str:
+    if training.get("schedule") == "cosine":
+        return ("learning rate warmed up linearly over the first epoch, then cosine-decayed to 0 "
+                "per step over all epochs")
+    return "ReduceLROnPlateau ×0.5 after 3 flat epochs"
+
+
 def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     info = evaluation["cinc_external"].get("info", {})
     training = card["training"].get("training") or {}
@@ -131,8 +138,9 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
                f"({training['statement_weight']} × mean BCE over the 71 statements that count for "
                "the label; training only), " if training.get("statement_weight") else "")
             + f"Adam "
-            f"(lr {training.get('lr')}, weight decay 1e-4), batch {training.get('batch_size')}, "
-            "ReduceLROnPlateau ×0.5 after 3 flat epochs, early stopping after 8 epochs without "
+            f"(lr {training.get('lr')}, weight decay {training.get('weight_decay', 1e-4)}), batch "
+            f"{training.get('batch_size')}, {_schedule_text(training)}, early stopping after "
+            f"{training.get('patience', 8)} epochs without "
             "improvement of the validation score = mean(overall c, PDI) on fold 9, at most "
             f"{training.get('epochs')} epochs, seed {training.get('seed')}. Augmentation: gain "
             "±20 %, Gaussian noise ≤ 0.03 mV, baseline wander ≤ 0.15 mV (0.05–0.5 Hz), time "

@@ -319,8 +319,8 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
             "git_revision": summary["git_revision"], "best_epoch": int(summary["best_epoch"]),
             "training": {k: summary["config"][k] for k in
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
-                          "aux_weight", "statement_weight",
-                          "train_folds", "val_folds", "target_sensitivity")},
+                          "aux_weight", "statement_weight", "schedule", "weight_decay", "patience",
+                          "ema", "train_folds", "val_folds", "target_sensitivity")},
             "validation": val, "metrics": None}
 
 
