@@ -12,7 +12,8 @@ kept ecg_ids with their folds and labels, and the mapping hash.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,21 @@ def _optional(arrays: PtbxlArrays) -> dict[str, np.ndarray]:
     return {} if arrays.statements is None else {"statements": arrays.statements}
 
 
-def save(arrays: PtbxlArrays, out: Path) -> None:
+def _write_npz(out: Path, writer: Callable[..., None], **arrays: np.ndarray) -> None:
+    """Write ``out`` whole or not at all: a reader (a training started while the cache is
+    still being written, a crash mid-write) never sees a truncated archive."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, signals=arrays.signals, ecg_id=arrays.ecg_id, fold=arrays.fold,
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("wb") as fh:
+            writer(fh, **arrays)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def save(arrays: PtbxlArrays, out: Path) -> None:
+    _write_npz(out, np.savez_compressed, signals=arrays.signals, ecg_id=arrays.ecg_id, fold=arrays.fold,
                         label=arrays.label, heart_rate=arrays.heart_rate,
                         manifest_hash=np.array(arrays.manifest_hash),
                         mapping_version=np.array(arrays.mapping_version), **_optional(arrays))
@@ -116,8 +129,7 @@ def save_packed(arrays: PtbxlArrays, out: Path) -> None:
 
     diff = np.diff(arrays.signals, axis=2, prepend=np.int16(0)).astype(np.int16)
     payload = np.frombuffer(lzma.compress(diff.tobytes(), preset=6), dtype=np.uint8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, packed=payload, shape=np.array(arrays.signals.shape), ecg_id=arrays.ecg_id,
+    _write_npz(out, np.savez, packed=payload, shape=np.array(arrays.signals.shape), ecg_id=arrays.ecg_id,
              fold=arrays.fold, label=arrays.label, heart_rate=arrays.heart_rate,
              manifest_hash=np.array(arrays.manifest_hash),
              mapping_version=np.array(arrays.mapping_version), **_optional(arrays))

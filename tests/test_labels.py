@@ -182,3 +182,23 @@ def test_statement_targets_follow_the_label_rule_and_survive_the_cache(tmp_path)
     back = cache.load(tmp_path / "c.npz")
     assert back.statements is not None and np.array_equal(back.statements, targets)
     assert np.array_equal(back.subset(np.array([False, True, True])).statements, targets[1:])
+
+
+def test_cache_write_is_all_or_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A cache write that fails half-way leaves the previous cache readable and no debris."""
+    from model_training import cache
+
+    def arrays(signals: object) -> PtbxlArrays:
+        return PtbxlArrays(signals, np.arange(2), np.array([1, 9]), np.array([0, 1], np.int8),  # type: ignore[arg-type]
+                           np.zeros(2, np.float32), "h", "v")
+
+    class Unreadable:
+        def __array__(self, *args: object, **kwargs: object) -> np.ndarray:
+            raise OSError("disk full")
+
+    out = tmp_path / "c.npz"
+    cache.save(arrays(np.ones((2, 8, 1000), np.int16)), out)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save(arrays(Unreadable()), out)
+    assert cache.load(out).signals.sum() == 2 * 8 * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
