@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ecg_gateway.triage.network import DilatedConv1d, ResidualBlock, TriageNet, default_dilation
-from ecg_gateway.triage.optimize import optimize_for_cpu
+from ecg_gateway.triage.optimize import AffineReLU, optimize_for_cpu
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -152,10 +152,14 @@ def test_cpu_rewrite_computes_the_same_function() -> None:
             if isinstance(m, nn.BatchNorm1d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
+                m.weight.data.uniform_(-1.5, 1.5)  # negative scales too: AffineReLU is not a ReLU trick
+                m.bias.data.uniform_(-0.5, 0.5)
         fast = optimize_for_cpu(net)
         convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
-        assert convs and not any(isinstance(m, (nn.Conv1d, nn.BatchNorm1d)) for m in fast.modules())
+        assert convs and not any(isinstance(m, (nn.Conv1d, nn.BatchNorm1d, nn.BatchNorm2d)) for m in fast.modules())
+        blocks = len(kwargs.get("widths", WIDTHS)) * kwargs.get("blocks_per_group", 4)
+        # every pre-activation BN-ReLU (two per block, one before the head) became AffineReLU
+        assert sum(isinstance(m, AffineReLU) for m in fast.modules()) == 2 * blocks + 1
         x = torch.randn(4, 8, net.arch_kwargs()["length"])
         with torch.inference_mode():
             torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
