@@ -14,6 +14,7 @@ import torch
 from ecg_gateway.triage.model import default_checkpoint_path, load_model
 from model_training import cache
 from model_training.labels import MAPPING_VERSION
+from ecg_gateway.triage.network import TriageNet
 from model_training.train import TrainConfig, train
 from tests.conftest import REPO, shared_data
 
@@ -105,3 +106,25 @@ def test_shipped_default_model_regression() -> None:
     rows = [where[str(int(e))] for e in subset.ecg_id]
     assert np.array_equal(recorded["labels"][rows], subset.label)
     assert np.abs(probs - recorded["probs"][rows]).max() < 1e-3
+
+
+def test_ema_run_keeps_the_better_of_raw_and_ema_weights(tmp_path: Path,
+                                                          tiny_arrays: cache.PtbxlArrays) -> None:
+    """With --ema each epoch scores both weight sets on validation and keeps the better one."""
+    from model_training.train import _better_on_validation, _split, model_inputs, predict_probs, val_score
+
+    summary = train(_cfg(tmp_path, epochs=2, ema=0.5), tiny_arrays, progress=False)
+    assert len(summary["history"]) == 2
+    assert all(h["weights"] in ("raw", "ema") for h in summary["history"])
+    va = _split(tiny_arrays, [9])
+    x_va = torch.from_numpy(model_inputs(va))
+    model = load_model(tmp_path / "model.pt", device="cpu", optimize=False)
+    best = max(summary["history"], key=lambda h: h["score"])
+    kept = val_score(va.label.astype(np.int64), predict_probs(model.net, x_va))
+    assert kept["score"] == pytest.approx(best["score"], abs=1e-6)  # model.pt holds the chosen weights
+
+    torch.manual_seed(0)
+    nets = [TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16) for _ in range(2)]
+    scores = [val_score(va.label.astype(np.int64), predict_probs(n, x_va))["score"] for n in nets]
+    chosen, chosen_scores = _better_on_validation(nets[0], nets[1], x_va, va)
+    assert chosen is nets[int(np.argmax(scores))] and chosen_scores["score"] == max(scores)
