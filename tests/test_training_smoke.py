@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from ecg_gateway.triage.model import default_checkpoint_path, load_model
+from ecg_gateway.triage.network import TriageNet
 from model_training import cache
 from model_training.labels import MAPPING_VERSION
-from ecg_gateway.triage.network import TriageNet
 from model_training.train import TrainConfig, train
 from tests.conftest import REPO, shared_data
 
@@ -111,7 +111,13 @@ def test_shipped_default_model_regression() -> None:
 def test_ema_run_keeps_the_better_of_raw_and_ema_weights(tmp_path: Path,
                                                           tiny_arrays: cache.PtbxlArrays) -> None:
     """With --ema each epoch scores both weight sets on validation and keeps the better one."""
-    from model_training.train import _better_on_validation, _split, model_inputs, predict_probs, val_score
+    from model_training.train import (
+        _better_on_validation,
+        _split,
+        model_inputs,
+        predict_probs,
+        val_score,
+    )
 
     summary = train(_cfg(tmp_path, epochs=2, ema=0.5), tiny_arrays, progress=False)
     assert len(summary["history"]) == 2
