@@ -37,7 +37,7 @@ from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
 from ecg_gateway.triage.decide import decide  # noqa: E402
 from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
 from ecg_gateway.triage.network import TriageNet  # noqa: E402
-from ecg_gateway.triage.optimize import PointwiseConv  # noqa: E402
+from ecg_gateway.triage.optimize import PackedConv, PointwiseConv  # noqa: E402
 from ecg_gateway.triage.preprocess import InputContract  # noqa: E402
 
 VARIANTS = {"paper": dict(fs=500.0, length=5000), "ptbxl": dict(fs=100.0, length=1000)}
@@ -130,7 +130,7 @@ def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[
         flops[key] = 2.0 * out.numel() * mod.in_channels * k / mod.groups  # type: ignore[operator]
 
     convs = [m for m in runner.modules()
-             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, PointwiseConv))]
+             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, PackedConv, PointwiseConv))]
     hooks = [h for m in convs for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     try:
         with torch.inference_mode():

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ecg_gateway.triage.network import DilatedConv1d, ResidualBlock, TriageNet, default_dilation
-from ecg_gateway.triage.optimize import AffineReLU, optimize_for_cpu
+from ecg_gateway.triage.optimize import AffineReLU, PackedConv, PointwiseConv, onednn_usable, optimize_for_cpu
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -155,7 +155,7 @@ def test_cpu_rewrite_computes_the_same_function() -> None:
                 m.weight.data.uniform_(-1.5, 1.5)  # negative scales too: AffineReLU is not a ReLU trick
                 m.bias.data.uniform_(-0.5, 0.5)
         fast = optimize_for_cpu(net)
-        convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+        convs = [m for m in fast.modules() if isinstance(m, (nn.Conv2d, PackedConv))]
         assert convs and not any(isinstance(m, (nn.Conv1d, nn.BatchNorm1d, nn.BatchNorm2d)) for m in fast.modules())
         blocks = len(kwargs.get("widths", WIDTHS)) * kwargs.get("blocks_per_group", 4)
         # every pre-activation BN-ReLU (two per block, one before the head) became AffineReLU
@@ -163,3 +163,22 @@ def test_cpu_rewrite_computes_the_same_function() -> None:
         x = torch.randn(4, 8, net.arch_kwargs()["length"])
         with torch.inference_mode():
             torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not onednn_usable(), reason="this torch build lacks the oneDNN conv ops")
+def test_prepacked_convs_compute_the_same_function_at_every_batch_size() -> None:
+    torch.manual_seed(5)
+    net = TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16, aux_head=False).eval()
+    plain, packed = optimize_for_cpu(net, pack=False), optimize_for_cpu(net)
+    convs = [m for m in packed.modules() if isinstance(m, PackedConv)]
+    assert convs and not any(isinstance(m, nn.Conv2d) for m in packed.modules())
+    # every ReLU after a conv moved into it; only the head's ReLU (after a Linear) is left
+    assert sum(isinstance(m, nn.ReLU) for m in packed.modules()) == 1
+    # plain: stem conv k7 and k1, each branch's k1 conv (2 per block, 4 blocks), the head
+    assert sum(isinstance(m, nn.ReLU) for m in plain.modules()) == 2 + 2 * 4 + 1
+    assert all(m.relu for m in packed.modules() if isinstance(m, PointwiseConv) and m.out_channels == m.in_channels // 2)
+    for batch in (1, 3, 8, 33):  # below and above PackedConv.min_batch
+        x = torch.randn(batch, 8, 1000)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed(x), net(x), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(packed(x), plain(x), atol=1e-5, rtol=1e-4)

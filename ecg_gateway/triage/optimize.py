@@ -11,6 +11,9 @@ Same function, different kernels (outputs match the original to ~1e-6):
   precedes a ReLU (pre-activation: nothing to fold it into) becomes a per-channel
   multiply-add and an in-place ReLU on the channels-last rows (``AffineReLU``), about half
   the time of ``batch_norm`` + ``relu`` on these shapes;
+* the remaining convs (k>1) run with their weights reordered once into oneDNN's blocked
+  layout (``PackedConv``) and the ReLU that follows a conv is fused into it: ~5 % more
+  ECG/s at batch 32 (decisions.md 26); skipped where the oneDNN ops are missing;
 * a residual block adds its shortcut into the freshly concatenated branches in place;
 * a dilated conv whose input (known statically from the contract length) is no longer
   than its dilation keeps only its centre tap (see ``network.DilatedConv1d``).
@@ -70,13 +73,16 @@ class PointwiseConv(nn.Module):
 
     In channels-last memory the tensor already is the ``[N·L, C]`` matrix, so the conv is a
     plain matrix product with no layout change; oneDNN's direct 1×1 kernels reach less of
-    the matmul rate on these short, narrow shapes (bench/inference.py profile).
+    the matmul rate on these short, narrow shapes (bench/inference.py profile). ``relu``
+    applies the ReLU that follows in place (a prepacked oneDNN linear with a fused ReLU was
+    measured slower than this, decisions.md 26).
     """
 
-    def __init__(self, conv: nn.Conv2d) -> None:
+    def __init__(self, conv: nn.Conv2d, relu: bool = False) -> None:
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.groups, self.stride = (1, 1), 1, conv.stride[1]
+        self.relu = relu
         self.weight = nn.Parameter(conv.weight.detach().reshape(conv.out_channels, -1).contiguous(),
                                    requires_grad=False)
         self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
@@ -86,7 +92,38 @@ class PointwiseConv(nn.Module):
         if self.stride != 1:
             x = x[..., ::self.stride]
         rows = x.permute(0, 2, 3, 1)  # [N, 1, L, C]: a view when x is channels-last
-        return F.linear(rows, self.weight, self.bias).permute(0, 3, 1, 2)
+        out = F.linear(rows, self.weight, self.bias)
+        return (out.relu_() if self.relu else out).permute(0, 3, 1, 2)
+
+
+class PackedConv(nn.Module):
+    """A channels-last Conv2d whose weight oneDNN reordered once, with an optional fused ReLU.
+
+    ``F.conv2d`` reorders the weight into oneDNN's blocked layout on every call; with the
+    weight packed once, batches of 8 and more run ~6 % faster here (decisions.md 26). Below
+    ``min_batch`` the packed kernels measured slower (batch 1: -14 %), so small batches
+    keep the plain call. Same arithmetic, same outputs.
+    """
+
+    def __init__(self, conv: nn.Conv2d, relu: bool, input_size: list[int], min_batch: int = 8) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.groups = conv.kernel_size, conv.groups
+        self.stride, self.padding, self.dilation = (list(conv.stride), list(conv.padding),  # type: ignore[arg-type]
+                                                    list(conv.dilation))
+        self.relu, self.min_batch = relu, min_batch
+        self.weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
+        self.bias = conv.bias.detach().clone() if conv.bias is not None else None
+        self.packed = torch.ops.mkldnn._reorder_convolution_weight(
+            self.weight, self.padding, self.stride, self.dilation, self.groups, input_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] < self.min_batch:
+            out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return out.relu_() if self.relu else out
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "relu" if self.relu else "none", [], "")
 
 
 class AffineReLU(nn.Module):
@@ -156,16 +193,76 @@ def _rewrite(module: nn.Module, lengths: dict[nn.Conv1d, int]) -> None:
             _rewrite(child, lengths)
 
 
+def _input_shapes(body: nn.Module, x: Tensor, kinds: tuple[type, ...]) -> dict[nn.Module, list[int]]:
+    """The input shape every module of ``kinds`` sees when ``body`` runs on ``x``."""
+    seen: dict[nn.Module, list[int]] = {}
+
+    def record(mod: nn.Module, args: tuple[Tensor, ...]) -> None:
+        seen[mod] = list(args[0].shape)
+
+    hooks = [m.register_forward_pre_hook(record) for m in body.modules() if isinstance(m, kinds)]
+    try:
+        with torch.inference_mode():
+            body(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _fuse_relus(module: nn.Module) -> set[nn.Module]:
+    """In place: every ReLU that directly follows a conv (Identities between) becomes an
+    Identity; returns the convs that must apply it."""
+    fused: set[nn.Module] = set()
+    for child in module.children():
+        fused |= _fuse_relus(child)
+    if isinstance(module, nn.Sequential):
+        for i, conv in enumerate(module):
+            if not isinstance(conv, (nn.Conv2d, PointwiseConv)):
+                continue
+            j = i + 1
+            while j < len(module) and isinstance(module[j], nn.Identity):
+                j += 1
+            if j < len(module) and isinstance(module[j], nn.ReLU):
+                module[j] = nn.Identity()
+                fused.add(conv)
+    return fused
+
+
+def pack_for_onednn(body: nn.Module, example: Tensor) -> None:
+    """In place: convs get weights reordered once for oneDNN (hinted with the shapes
+    ``example`` produces); convs and 1×1 GEMMs absorb the ReLU that follows them."""
+    shapes = _input_shapes(body, example, (nn.Conv2d,))
+    relu_after = _fuse_relus(body)
+    for module in list(body.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, PackedConv(child, child in relu_after, shapes[child]))
+            elif isinstance(child, PointwiseConv):
+                child.relu = child in relu_after
+
+
+def onednn_usable() -> bool:
+    """Whether this torch build has the oneDNN ops :func:`pack_for_onednn` relies on."""
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight"))
+
+
 class ChannelsLastTriageNet(nn.Module):
     """``forward(x [N, leads, length]) -> logits [N, n_classes]``, like the net it came from."""
 
-    def __init__(self, net: TriageNet) -> None:
+    def __init__(self, net: TriageNet, pack: bool = True, batch_hint: int = 32) -> None:
         super().__init__()
         kwargs = net.arch_kwargs()
         self.length = int(kwargs["length"])
         body = copy.deepcopy(net).eval()
-        lengths = _input_lengths(body, int(kwargs["in_leads"]), self.length)
+        leads = int(kwargs["in_leads"])
+        lengths = _input_lengths(body, leads, self.length)
         _rewrite(body, lengths)
+        if pack and onednn_usable():
+            example = torch.zeros(batch_hint, leads, 1, self.length).contiguous(memory_format=torch.channels_last)
+            pack_for_onednn(body, example)
         self.body = body.eval()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,6 +270,7 @@ class ChannelsLastTriageNet(nn.Module):
         return self.body(x4)
 
 
-def optimize_for_cpu(net: TriageNet) -> nn.Module:
-    """The fast CPU twin of ``net`` (eval mode only; fixed input length)."""
-    return ChannelsLastTriageNet(net.eval()).eval()
+def optimize_for_cpu(net: TriageNet, pack: bool = True) -> nn.Module:
+    """The fast CPU twin of ``net`` (eval mode only; fixed input length). ``pack=False``
+    keeps the plain PyTorch conv/linear calls (no prepacked oneDNN weights)."""
+    return ChannelsLastTriageNet(net.eval(), pack=pack).eval()
