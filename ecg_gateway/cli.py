@@ -186,7 +186,8 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
         except GatewayError as exc:
             raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
     try:
-        model = override_acute_threshold(load_model(config.model.path, device=config.model.device),
+        model = override_acute_threshold(load_model(config.model.path, device=config.model.device,
+                                                    cpu_precision=config.model.cpu_precision),
                                          config.model.acute_threshold)
     except CheckpointError as exc:
         raise CliError(str(exc), EX_CONFIG) from exc

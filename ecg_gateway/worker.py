@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ class Worker:
 
     def __init__(self, sessions: sessionmaker[Session], config: Config, decode: Decoder,
                  nudge: threading.Event | None = None, *,
-                 load: Callable[[str | None, str], TriageModel] = load_model,
+                 load: Callable[[str | None, str], TriageModel] | None = None,
                  model_retry_s: float = 10.0, retry_delay_s: float = 5.0,
                  on_results: Callable[[], None] | None = None) -> None:
         """``on_results`` runs after each commit that wrote results (wakes the sender)."""
@@ -70,7 +71,7 @@ class Worker:
         self._config = config
         self._decode = decode
         self._nudge = nudge
-        self._load = load
+        self._load = load or partial(load_model, cpu_precision=config.model.cpu_precision)
         self._model_retry_s = model_retry_s
         self._retry_delay_s = retry_delay_s
         self._batch_size = config.model.batch_size
@@ -100,6 +101,7 @@ class Worker:
             "model_sha256": model.sha256 if model else None,
             "placeholder": model.placeholder if model else None,
             "device": str(model.device) if model else None,
+            "precision": model.precision if model else None,
             "model_error": self._model_error,
             "last_error": self._last_error,
             "consecutive_failures": self.failures,
@@ -130,7 +132,7 @@ class Worker:
         self._triager, self._model_error = Triager(model), None
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
                   "thresholds": dict(model.thresholds),
-                  "device": str(model.device), "fs": model.contract.fs, "length": model.contract.length,
+                  "device": str(model.device), "precision": model.precision, "fs": model.contract.fs, "length": model.contract.length,
                   "leads": list(model.contract.leads)}
         MODEL_INFO.info({k: str(v) for k, v in detail.items() if k in ("model_id", "sha256", "placeholder",
                                                                        "device")})
@@ -140,7 +142,7 @@ class Worker:
         except SQLAlchemyError as exc:
             log.warning("model_event_not_recorded", error=type(exc).__name__)
         log.info("worker_model_ready", model_id=model.model_id, sha256=model.sha256,
-                 device=str(model.device), placeholder=model.placeholder)
+                 device=str(model.device), precision=model.precision, placeholder=model.placeholder)
         return True
 
     # --- loop ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ecg_gateway.ecg import CATEGORY_ORDER
 from ecg_gateway.errors import CheckpointError
 from ecg_gateway.triage.decide import check_thresholds
 from ecg_gateway.triage.network import TriageNet
-from ecg_gateway.triage.optimize import optimize_for_cpu
+from ecg_gateway.triage.optimize import bf16_supported, optimize_for_cpu
 from ecg_gateway.triage.preprocess import InputContract
 
 log = structlog.get_logger(__name__)
@@ -152,11 +152,20 @@ class TriageModel:
 
     def __init__(self, net: TriageNet, contract: InputContract, class_order: list[str],
                  thresholds: dict[str, float], metadata: dict[str, Any], sha256: str,
-                 device: torch.device, path: Path | None = None, optimize: bool = True) -> None:
+                 device: torch.device, path: Path | None = None, optimize: bool = True,
+                 cpu_precision: str = "float32") -> None:
         self.net = net.eval().to(device)
+        self.class_order = list(class_order)
         # CPU: a channels-last, BN-folded twin of the same function (optimize.py), ~1.3-1.5x faster
-        self.runner: torch.nn.Module = (optimize_for_cpu(self.net) if optimize and device.type == "cpu"
-                                        else self.net)
+        self.precision = "float32" if device.type == "cpu" else "autocast"
+        self.runner: torch.nn.Module = self.net
+        if optimize and device.type == "cpu":
+            if cpu_precision == "bfloat16" and not bf16_supported():
+                log.warning("bf16_unsupported_using_float32", reason="this CPU lacks native bfloat16 in oneDNN")
+            elif cpu_precision == "bfloat16":
+                self.precision = "bfloat16"
+            dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+            self.runner = optimize_for_cpu(self.net, dtype=dtype)
         self.contract = contract
         self.thresholds = dict(thresholds)
         self.metadata = dict(metadata)
@@ -195,8 +204,11 @@ class TriageModel:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
-               optimize: bool = True) -> TriageModel:
-    """Load and self-test a checkpoint (``None`` → the bundled default). Raises CheckpointError."""
+               optimize: bool = True, cpu_precision: str = "float32") -> TriageModel:
+    """Load and self-test a checkpoint (``None`` → the bundled default). Raises CheckpointError.
+
+    ``cpu_precision="bfloat16"`` runs the CPU rewrite in bf16 where the CPU has it natively
+    (else float32, with a warning); ``model.precision`` says which runs."""
     path = Path(path) if path is not None else default_checkpoint_path()
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -214,12 +226,12 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"weights do not fit the architecture: {first}") from None
     model = TriageModel(net, contract, order, thresholds, metadata, sha256,
-                        resolve_device(device), path, optimize=optimize)
+                        resolve_device(device), path, optimize=optimize, cpu_precision=cpu_precision)
     probe = model.predict(np.zeros((1, len(contract.leads), contract.length), dtype=np.float32))
     if probe.shape != (1, len(CATEGORY_NAMES)) or not np.all(np.isfinite(probe)):
         raise CheckpointError("checkpoint produces non-finite outputs")
     log.info("model_loaded", model_id=model.model_id, sha256=sha256, path=str(path),
-             device=str(model.device), placeholder=model.placeholder, fs=contract.fs,
+             device=str(model.device), precision=model.precision, placeholder=model.placeholder, fs=contract.fs,
              length=contract.length, leads=len(contract.leads))
     return model
 

@@ -242,6 +242,13 @@ def pack_for_onednn(body: nn.Module, example: Tensor) -> None:
                 child.relu = child in relu_after
 
 
+def bf16_supported() -> bool:
+    """Whether oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX); emulated bf16 is slower
+    than float32, so the bf16 path is only worth it where this holds."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return onednn_usable() and probe is not None and bool(probe())
+
+
 def onednn_usable() -> bool:
     """Whether this torch build has the oneDNN ops :func:`pack_for_onednn` relies on."""
     return (torch.backends.mkldnn.is_available()
@@ -252,25 +259,29 @@ def onednn_usable() -> bool:
 class ChannelsLastTriageNet(nn.Module):
     """``forward(x [N, leads, length]) -> logits [N, n_classes]``, like the net it came from."""
 
-    def __init__(self, net: TriageNet, pack: bool = True, batch_hint: int = 32) -> None:
+    def __init__(self, net: TriageNet, pack: bool = True, batch_hint: int = 32,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         kwargs = net.arch_kwargs()
-        self.length = int(kwargs["length"])
+        self.length, self.dtype = int(kwargs["length"]), dtype
         body = copy.deepcopy(net).eval()
         leads = int(kwargs["in_leads"])
         lengths = _input_lengths(body, leads, self.length)
-        _rewrite(body, lengths)
+        _rewrite(body, lengths)  # folds BN in float32, before any rounding to bf16
+        body = body.to(dtype)
         if pack and onednn_usable():
-            example = torch.zeros(batch_hint, leads, 1, self.length).contiguous(memory_format=torch.channels_last)
-            pack_for_onednn(body, example)
+            example = torch.zeros(batch_hint, leads, 1, self.length, dtype=dtype)
+            pack_for_onednn(body, example.contiguous(memory_format=torch.channels_last))
         self.body = body.eval()
 
     def forward(self, x: Tensor) -> Tensor:
-        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        return self.body(x4)
+        x4 = x.to(self.dtype).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return self.body(x4).float()
 
 
-def optimize_for_cpu(net: TriageNet, pack: bool = True) -> nn.Module:
+def optimize_for_cpu(net: TriageNet, pack: bool = True, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The fast CPU twin of ``net`` (eval mode only; fixed input length). ``pack=False``
-    keeps the plain PyTorch conv/linear calls (no prepacked oneDNN weights)."""
-    return ChannelsLastTriageNet(net.eval(), pack=pack).eval()
+    keeps the plain PyTorch conv/linear calls (no prepacked oneDNN weights); ``dtype``
+    bfloat16 runs every layer in bf16 (float32 logits out) — only where
+    :func:`bf16_supported`, and only for a model the bf16 check qualified (decisions.md 27)."""
+    return ChannelsLastTriageNet(net.eval(), pack=pack, dtype=dtype).eval()
