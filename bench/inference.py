@@ -302,7 +302,8 @@ def _figures(report: dict[str, Any], args: argparse.Namespace, threads: int) -> 
                               goal_value=value, goal_measured=row["ratio"] if goal else None, command=cmd))
     check = report.get("bf16")
     if check and "skipped" not in check:
-        figures.append(figure(f"inference.cpu.t{threads}.bf16_b32", f"bf16 autocast inference, batch 32 ({where})",
+        label = f"bf16 inference (model.cpu_precision: bfloat16), batch 32 ({where})"
+        figures.append(figure(f"inference.cpu.t{threads}.bf16_b32", label,
                               "ECG/s", [check["ecg_per_s_bf16_b32"]], anchor=[check["ecg_per_s_fp32_b32"]],
                               anchor_name="fp32, same model and batch",
                               goal="categories agree >= 99.5%, |dp| <= 0.01", goal_met=bool(check["qualifies"]),

@@ -176,7 +176,9 @@ def test_prepacked_convs_compute_the_same_function_at_every_batch_size() -> None
     assert sum(isinstance(m, nn.ReLU) for m in packed.modules()) == 1
     # plain: stem conv k7 and k1, each branch's k1 conv (2 per block, 4 blocks), the head
     assert sum(isinstance(m, nn.ReLU) for m in plain.modules()) == 2 + 2 * 4 + 1
-    assert all(m.relu for m in packed.modules() if isinstance(m, PointwiseConv) and m.out_channels == m.in_channels // 2)
+    bottlenecks = [m for m in packed.modules()
+                   if isinstance(m, PointwiseConv) and m.out_channels == m.in_channels // 2]
+    assert bottlenecks and all(m.relu for m in bottlenecks)
     for batch in (1, 3, 8, 33):  # below and above PackedConv.min_batch
         x = torch.randn(batch, 8, 1000)
         with torch.inference_mode():
