@@ -25,11 +25,12 @@ WHY = (
              "ingest, worker and sender; with the PDF on, rendering every ORU (matplotlib) is the largest "
              "single cost (the profile below). Running worker and sender as their own processes "
              "(`serve --role`) is the lever when one process is the limit."),
-    ("inference.", "The network is many small convolutions (widths 32-512, lengths down to 2-8 samples at "
-                   "100 Hz, 75 conv calls per forward): oneDNN reaches ~50-60 % of the matmul rate on the "
-                   "large early layers but far less on the late short ones, and BN/ReLU/add/concat between "
-                   "them cost ~25 % of the time (the profile tables in the inference sections below). The "
-                   "verified bf16 path (1.4x) is the way up on this CPU; fp32 stays the default."),
+    ("inference.", "The network is ~200 small operators per forward (widths 32-512, lengths down to 2-8 "
+                   "samples at 100 Hz): the convs themselves run at 55-99 % of the matmul rate (the profile "
+                   "tables below) and pre-activation/add/concat cost ~15 %; with one thread the same code "
+                   "reaches >= 75 % of the one-thread ceiling, so the 2-thread gap is OpenMP fork/join on ops "
+                   "too small to split. The verified bf16 path (`model.cpu_precision: bfloat16`, ~1.4-1.75x) "
+                   "is the way up on this CPU; fp32 stays the default."),
     ("scale.pg.workers", "Worker processes share the 2 cores with PostgreSQL and the load generator."),
     ("scale.memory", "RSS keeps rising slowly after the first half: no unbounded structure of ours is known "
                      "(metrics have fixed labels, no per-ECG caches); allocator fragmentation and SQLite "
