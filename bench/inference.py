@@ -11,7 +11,7 @@ within 0.01 before it may be used).
 
 Usage:
   python bench/inference.py [--checkpoint PATH | --variant paper|ptbxl] [--device cpu|cuda]
-                            [--batches 1,8,32,128] [--bf16] [--smoke] [--json OUT]
+                            [--batches 1,8,32,128] [--bf16] [--procs N] [--smoke] [--json OUT]
 ECG/s is the median (min-max) of --repeats runs of --seconds each; the matmul ceiling is the
 best of its runs (the CPU is shared: the best run is the one least disturbed).
 """
@@ -202,6 +202,33 @@ def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int) -> dict
             "qualifies": ok}
 
 
+def _proc_rates(args: argparse.Namespace, batch: int, start: Any, out: Any) -> None:
+    """One single-threaded worker process of --procs: ECG/s in each of the timed windows."""
+    torch.set_num_threads(1)
+    model = build(args)
+    x = np.random.default_rng(0).normal(size=(batch, len(model.contract.leads), model.contract.length))
+    x = x.astype(np.float32)
+    model.predict(x)
+    start.wait()
+    out.put([batch * r for r in rates(lambda: model.predict(x), args.seconds, args.repeats, lambda: None)])
+
+
+def multi_process_rate(args: argparse.Namespace, procs: int, batch: int = 32) -> list[float]:
+    """Aggregate ECG/s of ``procs`` single-threaded processes running side by side (what
+    ``serve --role worker`` processes with ``model.cpu_threads: 1`` do), per timed window."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_proc_rates, args=(args, batch, start, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    per_proc = [out.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    return [sum(window) for window in zip(*per_proc)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=None, help="checkpoint file (default: bundled model)")
@@ -214,6 +241,8 @@ def main() -> int:
     parser.add_argument("--plain", action="store_true", help="run the training graph as is (no CPU rewrite)")
     parser.add_argument("--bf16", action="store_true", help="also measure the bf16 CPU path")
     parser.add_argument("--reference", type=int, default=512, help="reference ECGs for --bf16")
+    parser.add_argument("--procs", type=int, default=0,
+                        help="also run batch 32 in this many single-threaded processes side by side")
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes: tiny timings")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
@@ -256,6 +285,13 @@ def main() -> int:
     print(f"(ECG/s: median (min-max) of {args.repeats} runs of {args.seconds:g} s; peak: best matmul run)")
     report: dict[str, object] = {"model_id": model.model_id, "device": str(device), "params": params,
                                  "flops_per_ecg": flops, "matmul_peak_flops": peak, "rows": rows}
+    if args.procs and not cuda:
+        runs = multi_process_rate(args, args.procs)
+        rate = statistics.median(runs)
+        report["procs"] = {"procs": args.procs, "batch": 32, "runs": runs, "ecg_per_s": rate,
+                           "ratio": rate * flops / peak}
+        print(f"{args.procs} single-threaded processes side by side, batch 32: {rate:.1f} ECG/s "
+              f"({min(runs):.0f}-{max(runs):.0f}) = {rate * flops / peak:.1%} of the same matmul peak")
     if args.bf16 and not cuda:
         check = bf16_check(model, args.reference, args.seconds, args.repeats)
         report["bf16"] = check
@@ -300,6 +336,13 @@ def _figures(report: dict[str, Any], args: argparse.Namespace, threads: int) -> 
                               anchor=[peak / flops] * len(row["runs"]),
                               anchor_name="fp32 matmul ceiling / FLOPs per ECG", goal=goal, goal_met=met,
                               goal_value=value, goal_measured=row["ratio"] if goal else None, command=cmd))
+    procs = report.get("procs")
+    if procs:
+        figures.append(figure(f"inference.cpu.p{procs['procs']}.b32",
+                              f"triage inference, batch 32, {procs['procs']} single-threaded processes side by side",
+                              "ECG/s", procs["runs"], anchor=[peak / flops] * len(procs["runs"]),
+                              anchor_name="fp32 matmul ceiling / FLOPs per ECG",
+                              command=cmd + f" --procs {procs['procs']}"))
     check = report.get("bf16")
     if check and "skipped" not in check:
         label = f"bf16 inference (model.cpu_precision: bfloat16), batch 32 ({where})"

@@ -189,6 +189,7 @@ HEADLINE = (
     ("hl7.150kb.4.p99", "HL7 150 KB ACK p99, 4 connections"),
     ("inference.cpu.t1.b32", "inference ECG/s, batch 32, 1 thread"),
     ("inference.cpu.t2.b32", "inference ECG/s, batch 32, 2 threads"),
+    ("inference.cpu.p2.b32", "inference ECG/s, batch 32, 2 single-threaded processes"),
     ("inference.cpu.t2.bf16_b32", "inference ECG/s, batch 32, 2 threads, opt-in bf16"),
     ("chaos.lost", "ECGs lost under kill -9"),
     ("e2e.pdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF on)"),
