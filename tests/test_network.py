@@ -8,7 +8,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ecg_gateway.triage.network import DilatedConv1d, ResidualBlock, TriageNet, default_dilation
-from ecg_gateway.triage.optimize import AffineReLU, PackedConv, PointwiseConv, onednn_usable, optimize_for_cpu
+from ecg_gateway.triage.optimize import (
+    AffineReLU,
+    ClampRange,
+    PackedConv,
+    PointwiseConv,
+    onednn_usable,
+    optimize_for_cpu,
+)
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -152,14 +159,17 @@ def test_cpu_rewrite_computes_the_same_function() -> None:
             if isinstance(m, nn.BatchNorm1d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(-1.5, 1.5)  # negative scales too: AffineReLU is not a ReLU trick
+                m.weight.data.uniform_(-1.5, 1.5)  # negative scales: the fold is not a ReLU trick
+                m.weight.data[0] = 0.0  # and a zero scale: the channel is the constant relu(shift)
                 m.bias.data.uniform_(-0.5, 0.5)
         fast = optimize_for_cpu(net)
         convs = [m for m in fast.modules() if isinstance(m, (nn.Conv2d, PackedConv))]
         assert convs and not any(isinstance(m, (nn.Conv1d, nn.BatchNorm1d, nn.BatchNorm2d)) for m in fast.modules())
         blocks = len(kwargs.get("widths", WIDTHS)) * kwargs.get("blocks_per_group", 4)
-        # every pre-activation BN-ReLU (two per block, one before the head) became AffineReLU
-        assert sum(isinstance(m, AffineReLU) for m in fast.modules()) == 2 * blocks + 1
+        # each branch's BN-ReLU moved into its 1×1 conv, leaving a clamp; the one before the
+        # head has no conv after it and stays a multiply-add + ReLU
+        assert sum(isinstance(m, ClampRange) for m in fast.modules()) == 2 * blocks
+        assert sum(isinstance(m, AffineReLU) for m in fast.modules()) == 1
         x = torch.randn(4, 8, net.arch_kwargs()["length"])
         with torch.inference_mode():
             torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-4)

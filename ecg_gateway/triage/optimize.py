@@ -7,10 +7,11 @@ Same function, different kernels (outputs match the original to ~1e-6):
   counts, 1×1 and dilated convs), measured in bench/inference.py;
 * a 1×1 conv (including a dilated conv reduced to its centre tap) runs as one GEMM on the
   channels-last rows (``PointwiseConv``): ~10 % more ECG/s at batch 32 on the 2-core box;
-* a BatchNorm that directly follows a conv is folded into the conv's weights; one that
-  precedes a ReLU (pre-activation: nothing to fold it into) becomes a per-channel
-  multiply-add and an in-place ReLU on the channels-last rows (``AffineReLU``), about half
-  the time of ``batch_norm`` + ``relu`` on these shapes;
+* a BatchNorm that directly follows a conv is folded into the conv's weights; a
+  pre-activation ``BN → ReLU`` before a 1×1 conv moves its affine into that conv, leaving
+  one per-channel clamp (``ClampRange``, decisions.md 29); the one before the head becomes a
+  per-channel multiply-add and an in-place ReLU on the channels-last rows (``AffineReLU``),
+  about half the time of ``batch_norm`` + ``relu`` on these shapes;
 * the remaining convs (k>1) run with their weights reordered once into oneDNN's blocked
   layout (``PackedConv``) and the ReLU that follows a conv is fused into it: ~5 % more
   ECG/s at batch 32 (decisions.md 26); skipped where the oneDNN ops are missing;
@@ -126,6 +127,60 @@ class PackedConv(nn.Module):
             "relu" if self.relu else "none", [], "")
 
 
+def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
+    """Eval-mode BatchNorm as ``x·scale + shift`` per channel."""
+    var, mean = bn.running_var, bn.running_mean
+    if var is None or mean is None:
+        raise ValueError("folding a BatchNorm needs its running statistics")
+    weight = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
+    bias = bn.bias.detach() if bn.bias is not None else torch.zeros_like(var)
+    scale = weight / torch.sqrt(var + bn.eps)
+    return scale, bias - mean * scale
+
+
+class ClampRange(nn.Module):
+    """What is left of ``BatchNorm → ReLU`` once its affine moved into the 1×1 conv that
+    follows (:func:`_fold_preactivation`): one per-channel clamp over the ``[N·L, C]`` rows of a
+    channels-last ``[N, C, 1, L]`` tensor, one pass instead of multiply-add + ReLU."""
+
+    def __init__(self, low: Tensor, high: Tensor) -> None:
+        super().__init__()
+        self.low = nn.Parameter(low.clone(), requires_grad=False)
+        self.high = nn.Parameter(high.clone(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.permute(0, 2, 3, 1)  # [N, 1, L, C]: a view when x is channels-last
+        return torch.clamp(rows, self.low, self.high).permute(0, 3, 1, 2)
+
+
+def _fold_preactivation(bn: nn.BatchNorm1d, conv: nn.Conv1d) -> ClampRange:
+    """Move an eval-mode ``BN → ReLU`` into the bias-free-or-not 1×1 ``conv`` after it (in place).
+
+    Per channel, ``relu(s·x + b) = s·clamp(x) + b`` where the clamp bounds ``x`` below by
+    ``-b/s`` if ``s > 0`` and above by ``-b/s`` if ``s < 0`` (``s = 0``: the constant
+    ``relu(b)``). A 1×1 conv is linear with no padding, so ``W·(s·clamp(x) + b)`` is the conv
+    with weight ``W·diag(s)`` and bias ``W·b`` on ``clamp(x)``: exact up to rounding."""
+    scale, shift = _bn_affine(bn)
+    zero = scale == 0
+    threshold = -shift / torch.where(zero, torch.ones_like(scale), scale)
+    inf = torch.full_like(scale, float("inf"))
+    low = torch.where(scale > 0, threshold, -inf)
+    high = torch.where(scale < 0, threshold, inf)
+    weight = conv.weight.detach()[:, :, 0]  # [out, in]
+    bias = weight @ torch.where(zero, shift.clamp_min(0), shift)
+    if conv.bias is not None:
+        bias = bias + conv.bias.detach()
+    with torch.no_grad():
+        conv.weight.copy_((weight * scale).unsqueeze(-1))
+    conv.bias = nn.Parameter(bias, requires_grad=False)
+    return ClampRange(low, high)
+
+
+def _is_pointwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv1d) and module.kernel_size == (1,) and module.padding == (0,)
+            and module.groups == 1)
+
+
 class AffineReLU(nn.Module):
     """Eval-mode ``BatchNorm → ReLU`` on a channels-last ``[N, C, 1, L]`` tensor as
     ``relu(x·scale + shift)``: one multiply-add and one in-place ReLU over the ``[N·L, C]``
@@ -133,13 +188,7 @@ class AffineReLU(nn.Module):
 
     def __init__(self, bn: nn.BatchNorm1d) -> None:
         super().__init__()
-        var, mean = bn.running_var, bn.running_mean
-        if var is None or mean is None:
-            raise ValueError("AffineReLU needs a BatchNorm with running statistics")
-        weight = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
-        bias = bn.bias.detach() if bn.bias is not None else torch.zeros_like(var)
-        scale = weight / torch.sqrt(var + bn.eps)
-        shift = bias - mean * scale
+        scale, shift = _bn_affine(bn)
         self.scale = nn.Parameter(scale.clone(), requires_grad=False)
         self.shift = nn.Parameter(shift.clone(), requires_grad=False)
 
@@ -166,12 +215,16 @@ def _bn2d(bn: nn.BatchNorm1d) -> nn.BatchNorm2d:
 
 
 def _rewrite(module: nn.Module, lengths: dict[nn.Conv1d, int]) -> None:
-    """In place, depth first: fold conv→BN pairs, BN→ReLU pairs into ``AffineReLU``, then
-    swap 1-D layers for 2-D ones."""
+    """In place, depth first: fold BN→ReLU→1×1 conv into ``ClampRange`` + conv, conv→BN pairs,
+    other BN→ReLU pairs into ``AffineReLU``, then swap 1-D layers for 2-D ones."""
     if isinstance(module, nn.Sequential):
         for i in range(len(module) - 1):
             first, second = module[i], module[i + 1]
-            if isinstance(first, nn.Conv1d) and isinstance(second, nn.BatchNorm1d):
+            third = module[i + 2] if i + 2 < len(module) else None
+            if (isinstance(first, nn.BatchNorm1d) and isinstance(second, nn.ReLU)
+                    and third is not None and _is_pointwise(third)):
+                module[i], module[i + 1] = _fold_preactivation(first, third), nn.Identity()
+            elif isinstance(first, nn.Conv1d) and isinstance(second, nn.BatchNorm1d):
                 fused = fuse_conv_bn_eval(first, second)
                 lengths[fused] = lengths[first]
                 module[i], module[i + 1] = fused, nn.Identity()
