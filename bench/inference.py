@@ -111,7 +111,8 @@ def op_profile(model: TriageModel, batch: int = 32, passes: int = 5) -> dict[str
     convs = conv_timings(model.runner, x, passes)
     convs.sort(key=lambda c: -c["ms"])
     return {"batch": batch, "ms_per_batch": total / passes / 1e3,
-            "ops": [{"op": k, "ms": v / passes / 1e3, "share": v / total} for k, v in ops], "convs": convs}
+            "ops": [{"op": k, "ms": v / passes / 1e3, "share": v / total} for k, v in ops], "convs": convs,
+            "stages": stage_timings(model, batch, max(passes, 10))}
 
 
 def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[dict[str, Any]]:
@@ -144,14 +145,69 @@ def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[
              "gflop_per_s": flops[key] * len(times) / sum(times) / 1e9} for key, times in spent.items()]
 
 
+def _stages(net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The top-level stages of a TriageNet or of its CPU rewrite (same names in both)."""
+    body = getattr(net, "body", net)
+    groups = [(f"group {i + 1}", g) for i, g in enumerate(body.groups)]  # type: ignore[arg-type]
+    return [("stem", body.stem), *groups, ("final BN-ReLU + head", torch.nn.Sequential(body.final, body.head))]
+
+
+def stage_flops(net: TriageNet, leads: int, length: int) -> list[float]:
+    """FLOPs per ECG of each stage of the training graph (the count the ratio uses)."""
+    x, out = torch.zeros(1, leads, length), []
+    with torch.inference_mode():
+        for _, stage in _stages(net):
+            with FlopCounterMode(display=False) as counter:
+                x = stage(x)
+            out.append(float(counter.get_total_flops()))
+    return out
+
+
+def stage_timings(model: TriageModel, batch: int, passes: int) -> list[dict[str, Any]]:
+    """Wall time of each stage inside the real forward (hooks), and the share of the
+    float32 matmul ceiling it reaches: where the gap to the ceiling comes from."""
+    leads, length = len(model.contract.leads), model.contract.length
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
+    stages = _stages(model.runner)
+    final, head = stages[-1][1]  # type: ignore[misc]
+    timed = [m for _, m in stages[:-1]] + [final, head]
+    started: dict[torch.nn.Module, float] = {}
+    spent: dict[torch.nn.Module, float] = {m: 0.0 for m in timed}
+
+    def before(mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        started[mod] = time.perf_counter()
+
+    def after(mod: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        spent[mod] += time.perf_counter() - started.pop(mod)
+
+    hooks = [h for m in timed for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with torch.inference_mode():
+            model.runner(x)
+            spent = {m: 0.0 for m in timed}
+            for _ in range(passes):
+                model.runner(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    seconds = [spent[m] / passes for m in timed[:-2]] + [(spent[final] + spent[head]) / passes]
+    flops = stage_flops(model.net, leads, length)
+    return [{"stage": name, "ms": sec * 1e3, "gflop": f * batch / 1e9, "gflop_per_s": f * batch / sec / 1e9}
+            for (name, _), sec, f in zip(stages, seconds, flops)]
+
+
 def profile_tables(profile: dict[str, Any], peak: float) -> dict[str, str]:
     ops = md_table(["operator", "ms per batch", "share"],
                    [[o["op"], f"{o['ms']:.2f}", f"{o['share']:.0%}"] for o in profile["ops"]])
     convs = md_table(["convolution (channels, kernel, length in->out)", "calls", "ms per batch", "GFLOP/s", "of matmul peak"],
                      [[c["shape"], c["calls"], f"{c['ms']:.2f}", f"{c['gflop_per_s']:.0f}",
                        f"{c['gflop_per_s'] * 1e9 / peak:.0%}"] for c in profile["convs"][:10]])
+    stages = md_table(["stage", "ms per batch", "GFLOP per batch", "GFLOP/s", "of matmul peak"],
+                      [[st["stage"], f"{st['ms']:.2f}", f"{st['gflop']:.3f}", f"{st['gflop_per_s']:.0f}",
+                        f"{st['gflop_per_s'] * 1e9 / peak:.0%}"] for st in profile["stages"]])
     title = f"batch {profile['batch']}, {profile['ms_per_batch']:.1f} ms of operator time per batch"
-    return {f"profile: operators ({title})": ops, "profile: the 10 costliest convolution shapes": convs}
+    return {f"profile: operators ({title})": ops, "profile: the 10 costliest convolution shapes": convs,
+            f"profile: stages (batch {profile['batch']}, wall time inside the forward)": stages}
 
 
 def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
