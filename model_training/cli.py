@@ -63,8 +63,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from model_training import cache
-    from model_training.train import TrainConfig, train
+    from model_training.train import TrainConfig, cpu_bf16_refusal, train
 
+    refusal = cpu_bf16_refusal(args.cpu_bf16, args.device)
+    if refusal:  # before the cache loads: a one-line answer, exit 2
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
     if args.per_fold:  # smoke runs: a handful of records read straight from WFDB
         arrays = cache.build(Path(args.ptbxl), None, per_fold=args.per_fold, progress=False)
     else:
@@ -77,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       blocks_per_group=args.blocks_per_group, model_id=args.model_id,
                       num_threads=args.threads, time_limit_min=args.time_limit_min,
                       schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay,
-                      statement_weight=args.statement_weight)
+                      statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -137,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
     p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="bf16 autocast for CPU training steps (AMX/AVX512-BF16 CPUs only; validation stays float32)")
     p.add_argument("--statement-weight", type=float, default=2.0,
                    help="weight of the multi-label SCP-statement loss (0 = off)")
     p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")

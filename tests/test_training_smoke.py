@@ -13,6 +13,7 @@ import torch
 
 from ecg_gateway.triage.model import default_checkpoint_path, load_model
 from ecg_gateway.triage.network import TriageNet
+from ecg_gateway.triage.optimize import bf16_supported
 from model_training import cache
 from model_training.labels import MAPPING_VERSION
 from model_training.train import TrainConfig, train
@@ -134,3 +135,34 @@ def test_ema_run_keeps_the_better_of_raw_and_ema_weights(tmp_path: Path,
     scores = [val_score(va.label.astype(np.int64), predict_probs(n, x_va))["score"] for n in nets]
     chosen, chosen_scores = _better_on_validation(nets[0], nets[1], x_va, va)
     assert chosen is nets[int(np.argmax(scores))] and chosen_scores["score"] == max(scores)
+
+
+@pytest.mark.skipif(not bf16_supported(),
+                    reason="this CPU has no native oneDNN bfloat16 (AMX/AVX512-BF16): --cpu-bf16 is refused here")
+def test_cpu_bf16_training_steps_run_in_bfloat16_and_save_float32(tmp_path: Path,
+                                                                  tiny_arrays: cache.PtbxlArrays) -> None:
+    """Same seed, same data: the bf16-autocast steps move the weights differently from float32
+    ones (so autocast really ran), and the checkpoint still holds float32 weights."""
+    for run, bf16 in (("fp32", False), ("bf16", True)):
+        train(_cfg(tmp_path / run, max_steps=2, seed=5, cpu_bf16=bf16), tiny_arrays, progress=False)
+    s32 = torch.load(tmp_path / "fp32" / "best_state.pt", weights_only=True)
+    s16 = torch.load(tmp_path / "bf16" / "best_state.pt", weights_only=True)
+    floats = [k for k in s16 if s16[k].is_floating_point()]
+    assert all(s16[k].dtype == torch.float32 for k in floats)
+    assert any(not torch.equal(s16[k], s32[k]) for k in floats)
+    model = load_model(tmp_path / "bf16" / "model.pt", device="cpu")
+    assert np.isfinite(model.predict(np.zeros((1, 8, 1000), np.float32))).all()
+
+
+def test_cpu_bf16_is_refused_with_one_line_where_the_cpu_lacks_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CPU capability is the only thing faked: the refusal comes before any data loads."""
+    from model_training import cli
+    from model_training import train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: False)
+    code = cli.main(["train", "--cpu-bf16", "--device", "cpu", "--cache", str(Path("/nonexistent.npz"))])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--cpu-bf16 needs" in err
+    with pytest.raises(ValueError, match="bfloat16 natively"):
+        train(TrainConfig(out="unused", device="cpu", cpu_bf16=True), None)  # type: ignore[arg-type]
