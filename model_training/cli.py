@@ -92,7 +92,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     card = run(Path(args.checkpoint), [Path(p) for p in args.cache] if len(args.cache) > 1
                else Path(args.cache[0]), Path(args.cinc), Path(args.report_dir), Path(args.card),
-               n_boot=args.bootstrap, seed=args.seed, ship_to=Path(args.ship) if args.ship else None,
+               n_boot=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
+               ship_to=Path(args.ship) if args.ship else None,
                commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {})
     for name in ("ptbxl_fold10", "cinc_external"):
         res = card["evaluation"][name]
@@ -102,6 +103,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"({m['pdi']['ci_low'][0]}-{m['pdi']['ci_high'][0]}) acute_sens={m['sensitivity']['value'][3]}")
     print(f"threshold {card['thresholds']}; sha256 {card['sha256']}")
     return 0
+
+
+def _sensitivity(text: str) -> float:
+    """argparse type: a sensitivity in (0, 1]."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes CARD.md and CARD.json")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-sensitivity", type=_sensitivity, default=0.95,
+                   help="acute sensitivity the fold-9 threshold must reach (a ward's operating point)")
     p.add_argument("--ship", help="write the evaluated checkpoint here (e.g. the package default)")
     p.add_argument("--command-log", nargs="*", help="commands to list in the card")
     p.add_argument("--extra", help="JSON with training_note / reproducibility text for the card")

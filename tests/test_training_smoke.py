@@ -68,7 +68,8 @@ def test_evaluate_cli_writes_card_plots_and_ships(tmp_path: Path, tiny_arrays: c
     proc = subprocess.run(
         [sys.executable, "-m", "model_training", "evaluate", "--checkpoint", str(tmp_path / "run" / "model.pt"),
          "--cache", str(cache_file), "--cinc", str(cinc), "--report-dir", str(report),
-         "--card", str(tmp_path / "CARD"), "--bootstrap", "50", "--ship", str(shipped)],
+         "--card", str(tmp_path / "CARD"), "--bootstrap", "50", "--target-sensitivity", "0.9",
+         "--ship", str(shipped)],
         cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads((tmp_path / "CARD.json").read_text())
@@ -84,6 +85,14 @@ def test_evaluate_cli_writes_card_plots_and_ships(tmp_path: Path, tiny_arrays: c
     model = load_model(shipped, device="cpu")
     assert model.sha256 == card["sha256"]
     assert model.metadata["metrics"]["ptbxl_fold10"]["n"] == card["evaluation"]["ptbxl_fold10"]["n"]
+    assert card["target_sensitivity"] == 0.9 and "sensitivity >= 0.9," in model.metadata["acute_threshold_source"]
+    assert model.thresholds["acute"] == card["thresholds"]["acute"]
+
+
+def test_evaluate_refuses_a_target_sensitivity_outside_0_1() -> None:
+    proc = subprocess.run([sys.executable, "-m", "model_training", "evaluate", "--checkpoint", "x.pt",
+                           "--target-sensitivity", "1.5"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "must be in (0, 1], got 1.5" in proc.stderr
 
 
 def test_shipped_default_model_regression() -> None:
