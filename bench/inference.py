@@ -5,13 +5,19 @@ ECG/s at several batch sizes, and the achieved FLOP/s as a fraction of a float32
 autocast-dtype (CUDA) matmul measured in the same run. Anchor: a comparable 1-D ResNet
 reached ~100% of ~170 GFLOP/s at batch 32 on this 2-core CPU; target >= 75%.
 
+On CPU the model runs as the worker runs it: ``--cores N`` (default: all cores, as a
+dedicated ``serve --role worker``) single-threaded lanes of one compiled graph
+(triage/lanes.py); ``--threads T`` runs one lane on T intra-op threads instead, and
+``--eager`` also times the eager rewrite on the same cores' threads (the path before lanes).
+
 Optionally (--bf16) measures the bf16 CPU path (config ``model.cpu_precision: bfloat16``)
 against float32 on 512 PTB-XL records (categories must agree on >= 99.5% and probabilities
 within 0.01 before it may be used).
 
 Usage:
   python bench/inference.py [--checkpoint PATH | --variant paper|ptbxl] [--device cpu|cuda]
-                            [--batches 1,8,32,128] [--bf16] [--procs N] [--smoke] [--json OUT]
+                            [--cores N | --threads T] [--eager] [--batches 1,8,32,128] [--bf16]
+                            [--procs N] [--smoke] [--json OUT]
 ECG/s is the median (min-max) of --repeats runs of --seconds each; the matmul ceiling is the
 best of its runs (the CPU is shared: the best run is the one least disturbed).
 """
@@ -19,10 +25,12 @@ best of its runs (the CPU is shared: the best run is the one least disturbed).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +46,7 @@ from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
 from ecg_gateway.triage.decide import decide  # noqa: E402
 from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
 from ecg_gateway.triage.network import TriageNet  # noqa: E402
-from ecg_gateway.triage.optimize import PackedConv, PointwiseConv  # noqa: E402
+from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu  # noqa: E402
 from ecg_gateway.triage.preprocess import InputContract  # noqa: E402
 
 VARIANTS = {"paper": dict(fs=500.0, length=5000), "ptbxl": dict(fs=100.0, length=1000)}
@@ -83,36 +91,53 @@ def flops_per_ecg(net: torch.nn.Module, leads: int, length: int, device: torch.d
     return counter.get_total_flops()
 
 
-def build(args: argparse.Namespace) -> TriageModel:
+def build(args: argparse.Namespace, cpu_cores: int | None = None) -> TriageModel:
+    """The model as the worker loads it; ``cpu_cores`` lanes of one thread (None: one lane on
+    torch's current threads)."""
     if args.variant is None:
-        return load_model(args.checkpoint, args.device, optimize=not args.plain)
+        return load_model(args.checkpoint, args.device, optimize=not args.plain, cpu_cores=cpu_cores)
     torch.manual_seed(0)
     kw = VARIANTS[args.variant]
     contract = InputContract(fs=kw["fs"], length=kw["length"], leads=INDEPENDENT_LEADS)
     net = TriageNet(in_leads=8, aux_head=False, **kw)
     return TriageModel(net, contract, list(c for c in ("normal", "abnormal_not_acute", "subacute", "acute")),
                        {}, {"model_id": f"random-{args.variant}"}, "-" * 64, torch.device(args.device),
-                       optimize=not args.plain)
+                       optimize=not args.plain, cpu_cores=cpu_cores)
 
 
-def op_profile(model: TriageModel, batch: int = 32, passes: int = 5) -> dict[str, Any]:
+@contextmanager
+def with_threads(n: int) -> Iterator[None]:
+    """Run a block on ``n`` torch intra-op threads, then restore the count."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def op_profile(model: TriageModel, threads: int, batch: int = 32, passes: int = 5) -> dict[str, Any]:
     """Where a CPU forward pass of ``batch`` ECGs spends its time: self time per operator, and
-    per convolution shape its achieved GFLOP/s (the evidence for the efficiency figure)."""
+    per convolution shape its achieved GFLOP/s (the evidence for the efficiency figure).
+    Measured on the eager rewrite (hooks cannot see inside the compiled graph), on
+    ``threads`` intra-op threads so the shares compare with the whole machine's ceiling."""
     leads, length = len(model.contract.leads), model.contract.length
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
-    with torch.inference_mode():
-        model.runner(x)
+    eager = optimize_for_cpu(model.net)
+    with torch.inference_mode(), with_threads(threads):
+        eager(x)
         with torch.profiler.profile(record_shapes=True) as prof:
             for _ in range(passes):
-                model.runner(x)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    ops = sorted(((e.key, e.self_cpu_time_total) for e in events), key=lambda kv: -kv[1])[:6]
-    convs = conv_timings(model.runner, x, passes)
-    convs.sort(key=lambda c: -c["ms"])
-    return {"batch": batch, "ms_per_batch": total / passes / 1e3,
+                eager(x)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        ops = sorted(((e.key, e.self_cpu_time_total) for e in events), key=lambda kv: -kv[1])[:6]
+        convs = conv_timings(eager, x, passes)
+        convs.sort(key=lambda c: -c["ms"])
+        stages = stage_timings(model, eager, batch, max(passes, 10))
+    return {"batch": batch, "threads": threads, "ms_per_batch": total / passes / 1e3,
             "ops": [{"op": k, "ms": v / passes / 1e3, "share": v / total} for k, v in ops], "convs": convs,
-            "stages": stage_timings(model, batch, max(passes, 10))}
+            "stages": stages}
 
 
 def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[dict[str, Any]]:
@@ -163,12 +188,12 @@ def stage_flops(net: TriageNet, leads: int, length: int) -> list[float]:
     return out
 
 
-def stage_timings(model: TriageModel, batch: int, passes: int) -> list[dict[str, Any]]:
+def stage_timings(model: TriageModel, eager: torch.nn.Module, batch: int, passes: int) -> list[dict[str, Any]]:
     """Wall time of each stage inside the real forward (hooks), and the share of the
     float32 matmul ceiling it reaches: where the gap to the ceiling comes from."""
     leads, length = len(model.contract.leads), model.contract.length
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
-    stages = _stages(model.runner)
+    stages = _stages(eager)
     final, head = stages[-1][1]  # type: ignore[misc]
     timed = [m for _, m in stages[:-1]] + [final, head]
     started: dict[torch.nn.Module, float] = {}
@@ -183,10 +208,10 @@ def stage_timings(model: TriageModel, batch: int, passes: int) -> list[dict[str,
     hooks = [h for m in timed for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
     try:
         with torch.inference_mode():
-            model.runner(x)
+            eager(x)
             spent = {m: 0.0 for m in timed}
             for _ in range(passes):
-                model.runner(x)
+                eager(x)
     finally:
         for hook in hooks:
             hook.remove()
@@ -205,9 +230,10 @@ def profile_tables(profile: dict[str, Any], peak: float) -> dict[str, str]:
     stages = md_table(["stage", "ms per batch", "GFLOP per batch", "GFLOP/s", "of matmul peak"],
                       [[st["stage"], f"{st['ms']:.2f}", f"{st['gflop']:.3f}", f"{st['gflop_per_s']:.0f}",
                         f"{st['gflop_per_s'] * 1e9 / peak:.0%}"] for st in profile["stages"]])
-    title = f"batch {profile['batch']}, {profile['ms_per_batch']:.1f} ms of operator time per batch"
+    title = (f"eager rewrite, batch {profile['batch']}, {profile['threads']} thread(s), "
+             f"{profile['ms_per_batch']:.1f} ms of operator time per batch")
     return {f"profile: operators ({title})": ops, "profile: the 10 costliest convolution shapes": convs,
-            f"profile: stages (batch {profile['batch']}, wall time inside the forward)": stages}
+            f"profile: stages (eager rewrite, batch {profile['batch']}, wall time inside the forward)": stages}
 
 
 def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
@@ -235,12 +261,13 @@ def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
         return np.stack([preprocess(synthetic_ecg(i), model.contract) for i in range(n)]), f"{n} synthetic ECGs"
 
 
-def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int) -> dict[str, object]:
+def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int, cores: int | None) -> dict[str, object]:
     """The product's bf16 CPU path (``model.cpu_precision: bfloat16``) against float32 on a
     reference set: the issue's bar is categories agreeing on >= 99.5 % and |dp| <= 0.01."""
     x, what = reference_set(model, n)
     bf16_model = TriageModel(model.net, model.contract, model.class_order, model.thresholds, model.metadata,
-                             model.sha256, model.device, model.path, cpu_precision="bfloat16")
+                             model.sha256, model.device, model.path, cpu_precision="bfloat16",
+                             cpu_cores=cores)
     if bf16_model.precision != "bfloat16":
         return {"reference": what, "skipped": "this CPU has no native bfloat16 (oneDNN)", "qualifies": False}
     fp32, bf16 = model.predict(x), bf16_model.predict(x)
@@ -250,8 +277,8 @@ def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int) -> dict
     acute_flips = sum((a == "acute") != (b == "acute") for a, b in zip(fp32_cat, bf16_cat))
     max_diff = float(np.abs(fp32 - bf16).max())
     batch = x[:32]
-    rate_bf16 = 32 * best_rate(lambda: bf16_model.predict(batch), seconds, repeats, lambda: None)
-    rate_fp32 = 32 * best_rate(lambda: model.predict(batch), seconds, repeats, lambda: None)
+    rate_bf16 = len(batch) * best_rate(lambda: bf16_model.predict(batch), seconds, repeats, lambda: None)
+    rate_fp32 = len(batch) * best_rate(lambda: model.predict(batch), seconds, repeats, lambda: None)
     ok = agree >= 0.995 and max_diff <= 0.01
     return {"reference": what, "category_agreement": agree, "acute_flips": int(acute_flips),
             "max_prob_diff": max_diff, "ecg_per_s_bf16_b32": rate_bf16, "ecg_per_s_fp32_b32": rate_fp32,
@@ -261,7 +288,7 @@ def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int) -> dict
 def _proc_rates(args: argparse.Namespace, batch: int, start: Any, out: Any) -> None:
     """One single-threaded worker process of --procs: ECG/s in each of the timed windows."""
     torch.set_num_threads(1)
-    model = build(args)
+    model = build(args)  # one lane on one thread
     x = np.random.default_rng(0).normal(size=(batch, len(model.contract.leads), model.contract.length))
     x = x.astype(np.float32)
     model.predict(x)
@@ -293,7 +320,12 @@ def main() -> int:
     parser.add_argument("--batches", default="1,8,32,128")
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cores", type=int, default=None,
+                        help="CPU: run this many single-threaded lanes (default: all cores, as serve --role worker)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU: one lane on this many torch intra-op threads instead of --cores")
+    parser.add_argument("--eager", action="store_true",
+                        help="CPU: also time batch 32 on the eager rewrite with the same cores as threads")
     parser.add_argument("--plain", action="store_true", help="run the training graph as is (no CPU rewrite)")
     parser.add_argument("--bf16", action="store_true", help="also measure the bf16 CPU path")
     parser.add_argument("--reference", type=int, default=512, help="reference ECGs for --bf16")
@@ -304,10 +336,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.batches, args.seconds, args.repeats, args.reference = "1,8", 0.1, 1, 16
+    if args.threads and args.cores:
+        parser.error("--cores and --threads exclude each other")
+    cores = None
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.device == "cpu":
+        cores = args.cores or os.cpu_count() or 1
+    machine_threads = args.threads or cores or torch.get_num_threads()
 
-    model = build(args)
+    model = build(args, cores)
     device = model.device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -315,13 +353,13 @@ def main() -> int:
     leads, length = len(model.contract.leads), model.contract.length
     params = sum(p.numel() for p in model.net.parameters())
     flops = flops_per_ecg(model.net, leads, length, device)  # the training graph's count
-    peak_before = matmul_peak(device, amp, args.seconds, args.repeats, sync)
+    with with_threads(machine_threads):  # the ceiling of the cores the model may use
+        peak_before = matmul_peak(device, amp, args.seconds, args.repeats, sync)
 
     print(f"machine: {machine_facts()}, torch {torch.__version__}")
     print(f"model {model.model_id} ({'PLACEHOLDER' if model.placeholder else 'weights as given'}), "
           f"{leads} leads x {length} samples @ {model.contract.fs:g} Hz, device {device}"
-          f"{' autocast ' + str(amp).split('.')[-1] if cuda else ''}, threads {torch.get_num_threads()}, "
-          f"{'plain graph' if model.runner is model.net else 'CPU rewrite (optimize.py)'}")
+          f"{' autocast ' + str(amp).split('.')[-1] if cuda else ''}, {_how(model)}")
     print(f"parameters {params:,}   FLOPs/ECG {flops / 1e9:.3f} GFLOP ({flops / 2e9:.3f} GMAC)")
     rows = []
     for bs in [int(b) for b in args.batches.split(",")]:
@@ -330,7 +368,8 @@ def main() -> int:
         rate = statistics.median(runs)
         rows.append({"batch": bs, "ecg_per_s": rate, "runs": runs, "ms_per_batch": 1000 * bs / rate,
                      "gflop_per_s": rate * flops / 1e9})
-    peak = max(peak_before, matmul_peak(device, amp, args.seconds, args.repeats, sync))
+    with with_threads(machine_threads):
+        peak = max(peak_before, matmul_peak(device, amp, args.seconds, args.repeats, sync))
     print(f"matmul peak ({str(amp).split('.')[-1]}) {peak / 1e9:.1f} GFLOP/s   {ANCHOR}")
     print(f"{'batch':>6} {'ECG/s':>10} {'min-max':>15} {'ms/batch':>10} {'GFLOP/s':>9} {'of peak':>8}")
     for row in rows:
@@ -341,6 +380,13 @@ def main() -> int:
     print(f"(ECG/s: median (min-max) of {args.repeats} runs of {args.seconds:g} s; peak: best matmul run)")
     report: dict[str, object] = {"model_id": model.model_id, "device": str(device), "params": params,
                                  "flops_per_ecg": flops, "matmul_peak_flops": peak, "rows": rows}
+    if args.eager and not cuda:
+        runs = eager_rate(model, machine_threads, args.seconds, args.repeats)
+        rate = statistics.median(runs)
+        report["eager"] = {"threads": machine_threads, "batch": 32, "runs": runs, "ecg_per_s": rate,
+                           "ratio": rate * flops / peak}
+        print(f"eager rewrite, one lane on {machine_threads} intra-op threads, batch 32: {rate:.1f} ECG/s "
+              f"({min(runs):.0f}-{max(runs):.0f}) = {rate * flops / peak:.1%} of the same matmul peak")
     if args.procs and not cuda:
         runs = multi_process_rate(args, args.procs)
         rate = statistics.median(runs)
@@ -349,7 +395,7 @@ def main() -> int:
         print(f"{args.procs} single-threaded processes side by side, batch 32: {rate:.1f} ECG/s "
               f"({min(runs):.0f}-{max(runs):.0f}) = {rate * flops / peak:.1%} of the same matmul peak")
     if args.bf16 and not cuda:
-        check = bf16_check(model, args.reference, args.seconds, args.repeats)
+        check = bf16_check(model, args.reference, args.seconds, args.repeats, cores)
         report["bf16"] = check
         if "skipped" in check:
             print(f"bf16 CPU path: skipped, {check['skipped']}")
@@ -361,37 +407,70 @@ def main() -> int:
                   f"{'qualifies' if check['qualifies'] else 'does NOT qualify: keep float32'}")
     tables: dict[str, str] = {}
     if not cuda:
-        profile = op_profile(model, passes=1 if args.smoke else 5)
+        profile = op_profile(model, machine_threads, passes=1 if args.smoke else 5)
         report["profile"] = profile
         tables = profile_tables(profile, peak)
         for title, text in tables.items():
             print(f"\n{title}\n{text}")
     if args.json:
-        write_report(args.json, "inference", _figures(report, args, torch.get_num_threads()), smoke=args.smoke,
+        write_report(args.json, "inference", _figures(report, args, model, machine_threads), smoke=args.smoke,
                      tables=tables,
-                     notes=[f"{model.model_id}: {flops / 1e9:.3f} GFLOP per ECG, torch threads "
-                            f"{torch.get_num_threads()}, matmul ceiling {peak / 1e9:.1f} GFLOP/s (best of "
+                     notes=[f"{model.model_id}: {flops / 1e9:.3f} GFLOP per ECG, {_how(model)}, "
+                            f"matmul ceiling {peak / 1e9:.1f} GFLOP/s on {machine_threads} thread(s) (best of "
                             f"{2 * args.repeats} runs of a {2048 if device.type == 'cpu' else 8192}^2 "
                             f"{str(amp).split('.')[-1]} matmul)"], raw=report)
     return 0
 
 
-def _figures(report: dict[str, Any], args: argparse.Namespace, threads: int) -> list[dict[str, Any]]:
+def _how(model: TriageModel) -> str:
+    """How the model runs: compiled lanes, eager rewrite, or the plain graph, and on what."""
+    if model.runner is model.net:
+        return f"plain graph, {torch.get_num_threads()} thread(s)"
+    if model.lanes:
+        return f"compiled graph in {model.lanes} lane(s) (lanes.py), {torch.get_num_threads()} thread(s) each"
+    return f"eager CPU rewrite (optimize.py), {torch.get_num_threads()} thread(s)"
+
+
+def eager_rate(model: TriageModel, threads: int, seconds: float, repeats: int, batch: int = 32) -> list[float]:
+    """ECG/s of the eager CPU rewrite on ``threads`` intra-op threads (the path before lanes)."""
+    eager = optimize_for_cpu(model.net, dtype=torch.bfloat16 if model.precision == "bfloat16" else torch.float32)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, len(model.contract.leads),
+                                                                model.contract.length)).astype(np.float32))
+
+    def forward() -> None:
+        with torch.inference_mode():
+            eager(x)
+
+    with with_threads(threads):
+        return [batch * r for r in rates(forward, seconds, repeats, lambda: None)]
+
+
+def _figures(report: dict[str, Any], args: argparse.Namespace, model: TriageModel,
+             threads: int) -> list[dict[str, Any]]:
     """ECG/s per batch against the matmul ceiling expressed in ECG/s: the ratio is the share
     of the ceiling the network reaches (issue #4's goal: >= 75 % at batch 32 on CPU)."""
     flops, peak = report["flops_per_ecg"], report["matmul_peak_flops"]
     cmd = f"python bench/inference.py --device {args.device}" + (f" --threads {args.threads}" if args.threads else "")
-    where = f"{report['device']}, {threads} thread(s)"
+    cmd += f" --cores {args.cores}" if args.cores else ""
+    lanes = model.lanes if report["device"] == "cpu" and not args.threads else 0
+    tag = f"l{lanes}" if lanes else f"t{threads}"
+    where = f"{report['device']}, {lanes} single-threaded lane(s)" if lanes else f"{report['device']}, {threads} thread(s)"
     figures = []
     for row in report["rows"]:
         goal = met = value = None
         if row["batch"] == 32 and str(report["device"]) == "cpu":
             goal, met, value = ">= 75% of the matmul ceiling", row["ratio"] >= 0.75, 0.75
-        figures.append(figure(f"inference.{report['device']}.t{threads}.b{row['batch']}",
+        figures.append(figure(f"inference.{report['device']}.{tag}.b{row['batch']}",
                               f"triage inference, batch {row['batch']} ({where})", "ECG/s", row["runs"],
                               anchor=[peak / flops] * len(row["runs"]),
                               anchor_name="fp32 matmul ceiling / FLOPs per ECG", goal=goal, goal_met=met,
                               goal_value=value, goal_measured=row["ratio"] if goal else None, command=cmd))
+    eager = report.get("eager")
+    if eager:
+        figures.append(figure(f"inference.cpu.eager_t{eager['threads']}.b32",
+                              f"triage inference, batch 32, eager rewrite on {eager['threads']} intra-op threads",
+                              "ECG/s", eager["runs"], anchor=[peak / flops] * len(eager["runs"]),
+                              anchor_name="fp32 matmul ceiling / FLOPs per ECG", command=cmd + " --eager"))
     procs = report.get("procs")
     if procs:
         figures.append(figure(f"inference.cpu.p{procs['procs']}.b32",
@@ -402,7 +481,7 @@ def _figures(report: dict[str, Any], args: argparse.Namespace, threads: int) -> 
     check = report.get("bf16")
     if check and "skipped" not in check:
         label = f"bf16 inference (model.cpu_precision: bfloat16), batch 32 ({where})"
-        figures.append(figure(f"inference.cpu.t{threads}.bf16_b32", label,
+        figures.append(figure(f"inference.cpu.{tag}.bf16_b32", label,
                               "ECG/s", [check["ecg_per_s_bf16_b32"]], anchor=[check["ecg_per_s_fp32_b32"]],
                               anchor_name="fp32, same model and batch",
                               goal="categories agree >= 99.5%, |dp| <= 0.01", goal_met=bool(check["qualifies"]),

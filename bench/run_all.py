@@ -53,8 +53,8 @@ def steps(args: argparse.Namespace, out: Path) -> list[tuple[str, list[str], flo
     plan = [
         ("ingest", [py, "bench/ingest.py", *smoke, *js("ingest")], 600),
         ("mllp", [py, "bench/mllp.py", *smoke, *js("mllp")], 600),
-        ("inference-1t", [py, "bench/inference.py", "--threads", "1", *smoke, *js("inference-1t")], 300),
-        ("inference", [py, "bench/inference.py", "--bf16", "--procs", "2", *smoke, *js("inference")], 300),
+        ("inference-1t", [py, "bench/inference.py", "--cores", "1", *smoke, *js("inference-1t")], 300),
+        ("inference", [py, "bench/inference.py", "--bf16", "--procs", "2", "--eager", *smoke, *js("inference")], 300),
         ("oru", [py, "bench/oru.py", *smoke, *js("oru")], 300),
         ("quality_gate", [py, "bench/quality_gate.py", *(smoke or ["--ptbxl", "500"])], 300),
         ("e2e", [py, "bench/e2e.py", *smoke, *js("e2e")], 900),

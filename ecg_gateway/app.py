@@ -148,19 +148,17 @@ class Gateway:
         self.bound["hl7"] = self._hl7_server.sockets[0].getsockname()[1]
 
     def _start_worker(self) -> None:
-        import torch
-
         from ecg_gateway.inbound.decode import decode_message
         from ecg_gateway.triage.model import cpu_threads
         from ecg_gateway.worker import Worker
 
+        # process-wide torch threads are set by the model load; only the worker runs torch here
         threads = cpu_threads(self.config.model.cpu_threads, shares_process=self.role == "all")
-        torch.set_num_threads(threads)  # process-wide; only the worker runs torch here
         log.info("worker_cpu_threads", threads=threads, role=self.role)
 
         sender = getattr(self, "sender", None)
         worker = Worker(self.sessions, self.config, decode_message, nudge=self.nudge,
-                        on_results=sender.nudge if sender is not None else None)
+                        on_results=sender.nudge if sender is not None else None, cpu_cores=threads)
         self.worker = worker
         thread = threading.Thread(target=worker.run, args=(self._thread_stop,), name="triage-worker", daemon=True)
         thread.start()

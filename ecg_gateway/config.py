@@ -123,8 +123,9 @@ class ModelConfig(Section):
     cpu_precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU inference precision; bfloat16 is ~1.6x faster where the CPU has it "
         "natively (else float32 is used), only for a model `bench/inference.py --bf16` qualified")
-    cpu_threads: int = Field(0, ge=0, le=1024, description="torch CPU threads; 0 = auto: half the cores "
-                             "with --role all, all of them with --role worker")
+    cpu_threads: int = Field(0, ge=0, le=1024, description="CPU cores for inference, run as that many "
+                             "single-threaded lanes; 0 = auto: half the cores with --role all, all of them "
+                             "with --role worker")
 
 
 class WorkerConfig(Section):

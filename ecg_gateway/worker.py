@@ -64,14 +64,15 @@ class Worker:
                  nudge: threading.Event | None = None, *,
                  load: Callable[[str | None, str], TriageModel] | None = None,
                  model_retry_s: float = 10.0, retry_delay_s: float = 5.0,
-                 on_results: Callable[[], None] | None = None) -> None:
-        """``on_results`` runs after each commit that wrote results (wakes the sender)."""
+                 on_results: Callable[[], None] | None = None, cpu_cores: int | None = None) -> None:
+        """``on_results`` runs after each commit that wrote results (wakes the sender);
+        ``cpu_cores``: the CPU cores inference may use, as single-threaded lanes."""
         self._sessions = sessions
         self._on_results = on_results or (lambda: None)
         self._config = config
         self._decode = decode
         self._nudge = nudge
-        self._load = load or partial(load_model, cpu_precision=config.model.cpu_precision)
+        self._load = load or partial(load_model, cpu_precision=config.model.cpu_precision, cpu_cores=cpu_cores)
         self._model_retry_s = model_retry_s
         self._retry_delay_s = retry_delay_s
         self._batch_size = config.model.batch_size
@@ -102,6 +103,7 @@ class Worker:
             "placeholder": model.placeholder if model else None,
             "device": str(model.device) if model else None,
             "precision": model.precision if model else None,
+            "cpu_lanes": model.lanes if model else None,
             "model_error": self._model_error,
             "last_error": self._last_error,
             "consecutive_failures": self.failures,

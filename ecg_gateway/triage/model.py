@@ -23,6 +23,7 @@ import torch
 from ecg_gateway.ecg import CATEGORY_ORDER
 from ecg_gateway.errors import CheckpointError
 from ecg_gateway.triage.decide import check_thresholds
+from ecg_gateway.triage.lanes import compile_lanes
 from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.optimize import bf16_supported, optimize_for_cpu
 from ecg_gateway.triage.preprocess import InputContract
@@ -153,12 +154,16 @@ class TriageModel:
     def __init__(self, net: TriageNet, contract: InputContract, class_order: list[str],
                  thresholds: dict[str, float], metadata: dict[str, Any], sha256: str,
                  device: torch.device, path: Path | None = None, optimize: bool = True,
-                 cpu_precision: str = "float32") -> None:
+                 cpu_precision: str = "float32", cpu_cores: int | None = None) -> None:
+        """``cpu_cores``: spend that many cores on CPU inference as single-threaded lanes
+        (sets torch's intra-op threads to 1, process-wide; decisions.md 32); ``None`` runs
+        one lane on torch's current threads."""
         self.net = net.eval().to(device)
         self.class_order = list(class_order)
         # CPU: a channels-last, BN-folded twin of the same function (optimize.py), ~1.3-1.5x faster
         self.precision = "float32" if device.type == "cpu" else "autocast"
         self.runner: torch.nn.Module = self.net
+        self.lanes = 0  # 0: eager; n: a TorchScript graph in n lanes (lanes.py)
         if optimize and device.type == "cpu":
             if cpu_precision == "bfloat16" and not bf16_supported():
                 log.warning("bf16_unsupported_using_float32", reason="this CPU lacks native bfloat16 in oneDNN")
@@ -166,6 +171,7 @@ class TriageModel:
                 self.precision = "bfloat16"
             dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
             self.runner = optimize_for_cpu(self.net, dtype=dtype)
+            self._run_in_lanes(len(contract.leads), cpu_cores)
         self.contract = contract
         self.thresholds = dict(thresholds)
         self.metadata = dict(metadata)
@@ -176,6 +182,18 @@ class TriageModel:
         self.model_id = str(metadata.get("model_id") or f"{ARCH}-{sha256[:12]}")
         # column j of the net's output holds category CATEGORY_NAMES[j] after this reindex
         self._reorder = [class_order.index(name) for name in CATEGORY_NAMES]
+
+    def _run_in_lanes(self, leads: int, cpu_cores: int | None) -> None:
+        """Swap the eager rewrite for its compiled lanes; if that fails, the eager rewrite
+        gets the cores as intra-op threads instead."""
+        lanes = max(1, cpu_cores or 1)
+        if cpu_cores is not None:
+            torch.set_num_threads(1)
+        compiled = compile_lanes(self.runner, lanes, leads)  # type: ignore[arg-type]
+        if compiled is not None:
+            self.runner, self.lanes = compiled, lanes
+        elif cpu_cores is not None:
+            torch.set_num_threads(lanes)
 
     @property
     def placeholder(self) -> bool:
@@ -204,11 +222,12 @@ class TriageModel:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
-               optimize: bool = True, cpu_precision: str = "float32") -> TriageModel:
+               optimize: bool = True, cpu_precision: str = "float32", cpu_cores: int | None = None) -> TriageModel:
     """Load and self-test a checkpoint (``None`` → the bundled default). Raises CheckpointError.
 
     ``cpu_precision="bfloat16"`` runs the CPU rewrite in bf16 where the CPU has it natively
-    (else float32, with a warning); ``model.precision`` says which runs."""
+    (else float32, with a warning); ``model.precision`` says which runs. ``cpu_cores``: see
+    :class:`TriageModel` (``model.lanes`` says how many lanes run)."""
     path = Path(path) if path is not None else default_checkpoint_path()
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -226,12 +245,14 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"weights do not fit the architecture: {first}") from None
     model = TriageModel(net, contract, order, thresholds, metadata, sha256,
-                        resolve_device(device), path, optimize=optimize, cpu_precision=cpu_precision)
+                        resolve_device(device), path, optimize=optimize, cpu_precision=cpu_precision,
+                        cpu_cores=cpu_cores)
     probe = model.predict(np.zeros((1, len(contract.leads), contract.length), dtype=np.float32))
     if probe.shape != (1, len(CATEGORY_NAMES)) or not np.all(np.isfinite(probe)):
         raise CheckpointError("checkpoint produces non-finite outputs")
     log.info("model_loaded", model_id=model.model_id, sha256=sha256, path=str(path),
-             device=str(model.device), precision=model.precision, placeholder=model.placeholder, fs=contract.fs,
+             device=str(model.device), precision=model.precision, cpu_lanes=model.lanes,
+             placeholder=model.placeholder, fs=contract.fs,
              length=contract.length, leads=len(contract.leads))
     return model
 

@@ -25,6 +25,7 @@ Training never sees this module; the checkpoint holds the original weights.
 from __future__ import annotations
 
 import copy
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,8 @@ class PackedConv(nn.Module):
     ``F.conv2d`` reorders the weight into oneDNN's blocked layout on every call; with the
     weight packed once, batches of 8 and more run ~6 % faster here (decisions.md 26). Below
     ``min_batch`` the packed kernels measured slower (batch 1: -14 %), so small batches
-    keep the plain call. Same arithmetic, same outputs.
+    keep the plain call. Same arithmetic, same outputs. Scriptable, so a traced graph of the
+    rewrite (``lanes.py``) keeps both paths.
     """
 
     def __init__(self, conv: nn.Conv2d, relu: bool, input_size: list[int], min_batch: int = 8) -> None:
@@ -113,6 +115,7 @@ class PackedConv(nn.Module):
         self.stride, self.padding, self.dilation = (list(conv.stride), list(conv.padding),  # type: ignore[arg-type]
                                                     list(conv.dilation))
         self.relu, self.min_batch = relu, min_batch
+        self.attr = "relu" if relu else "none"
         self.weight = conv.weight.detach().contiguous(memory_format=torch.channels_last)
         self.bias = conv.bias.detach().clone() if conv.bias is not None else None
         self.packed = torch.ops.mkldnn._reorder_convolution_weight(
@@ -122,9 +125,10 @@ class PackedConv(nn.Module):
         if x.shape[0] < self.min_batch:
             out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
             return out.relu_() if self.relu else out
+        no_scalars: list[Optional[Union[int, float, complex]]] = []  # noqa: UP007,UP045 - TorchScript's Scalar?[]
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
-            "relu" if self.relu else "none", [], "")
+            self.attr, no_scalars, "")
 
 
 def _bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
