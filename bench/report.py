@@ -93,8 +93,9 @@ def machine_line(summary: dict[str, Any]) -> str:
     load0, load1 = m.get("load_avg_start", []), m.get("load_avg_end", [])
     others = m.get("others_running", 0)
     text = (f"**Machine:** {m['cores']} cores, {m['cpu']}, Python {m['python']}, torch {m.get('torch', '?')} "
-            f"({m.get('torch_threads', '?')} threads by default; `serve --role all` runs inference on "
-            f"`model.cpu_threads` = auto = half the cores). Load average {'/'.join(map(str, load0))} at the "
+            f"({m.get('torch_threads', '?')} torch threads by default; the worker runs inference as "
+            f"`model.cpu_threads` single-threaded lanes, auto = all cores with `--role worker`, half with "
+            f"`--role all`). Load average {'/'.join(map(str, load0))} at the "
             f"start, {'/'.join(map(str, load1))} at the end.")
     if others:
         text += (f" **{others} other busy process(es)** were running when the suite started, so wall-clock "
