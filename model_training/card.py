@@ -69,14 +69,16 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
 
 
 def operating_points_markdown(rows: list[dict[str, Any]]) -> str:
-    sets = [k for k in rows[0] if k not in ("target_sensitivity", "threshold")]
+    sets = [k for k in rows[0] if k not in ("target_sensitivity", "threshold", "rule", "shipped")]
     head = "| fold-9 target | threshold | " + " | ".join(
         f"{s} sens / spec / PPV / flagged" for s in sets) + " |"
     lines = [head, "|---|---|" + "---|" * len(sets)]
     for r in rows:
         cells = [f"{r[s]['sensitivity']:.3f} / {r[s]['specificity']:.3f} / {r[s]['ppv']:.3f} / "
                  f"{r[s]['flagged_fraction']:.2f}" for s in sets]
-        lines.append(f"| {r['target_sensitivity']:.2f} | {r['threshold']:.4g} | " + " | ".join(cells) + " |")
+        target = f"{r['target_sensitivity']:.2f}" + (" (lower bound)" if r.get("rule") == "lower-bound" else "")
+        shipped = " (shipped)" if r.get("shipped") else ""
+        lines.append(f"| {target} | {r['threshold']:.4g}{shipped} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -105,7 +107,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         card["model_description"],
         "",
         f"Decision policy: acute when p_acute >= **{t.get('acute', float('nan')):.4f}** "
-        f"(chosen on PTB-XL fold 9 for acute sensitivity >= {card['target_sensitivity']}; "
+        f"(chosen on PTB-XL fold 9: "
+        f"{card['threshold_rule_text']}; "
         f"fold-9 sensitivity at this threshold {card['val_acute_sensitivity']:.3f}), else the most "
         "probable category (ties -> more urgent), as in ecg_gateway/triage/decide.py. See the "
         "acute operating points below for what this threshold costs in false alarms.",

@@ -21,12 +21,14 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def model_limitations(evaluation: dict[str, Any], threshold: float) -> list[str]:
+def model_limitations(evaluation: dict[str, Any], threshold: float, rule_text: str) -> list[str]:
     """The limits that depend on this model's numbers (so they cannot go stale)."""
     test = evaluation["ptbxl_fold10"]["metrics"]
     spec, ppv = _num(test["specificity"]["value"][3]), _num(test["ppv"]["value"][3])
-    points = {round(r["target_sensitivity"], 2): r for r in evaluation["acute_operating_points"]}
-    flagged = _num(points.get(0.95, {}).get("ptbxl_fold10", {}).get("flagged_fraction"))
+    rows = evaluation["acute_operating_points"]
+    points = {round(r["target_sensitivity"], 2): r for r in rows if r.get("rule", "point") == "point"}
+    shipped = next((r for r in rows if r.get("shipped")), points.get(0.95, {}))
+    flagged = _num(shipped.get("ptbxl_fold10", {}).get("flagged_fraction"))
     looser = _num(points.get(0.85, {}).get("ptbxl_fold10", {}).get("flagged_fraction"))
     c_by_class = {name: _num(c) for name, c in
                   zip(("normal", "abnormal_not_acute", "subacute", "acute"), test["c"]["value"])}
@@ -35,7 +37,7 @@ def model_limitations(evaluation: dict[str, Any], threshold: float) -> list[str]
     weakest = (f"; the weakest category is {min(known, key=known.get)} (c {min(known.values()):.2f})"
                if known else "")
     return [
-        f"The shipped acute threshold ({threshold:.4g}, chosen on fold 9 for sensitivity >= 0.95) "
+        f"The shipped acute threshold ({threshold:.4g}, chosen on fold 9: {rule_text}) "
         f"flags {flagged:.0%} of PTB-XL test ECGs as acute (specificity {spec:.2f}, PPV {ppv:.2f})"
         + (": the sensitivity target costs many false alarms" if flagged > 0.3 else "")
         + ". Read the operating-point table and set `thresholds.acute` to what the ward can "
@@ -100,7 +102,7 @@ COMMANDS = [
     "python -m model_training train --cache .gpu/ptbxl_0/ptbxl.npz .gpu/ptbxl_1/ptbxl.npz "
     ".gpu/ptbxl_2/ptbxl.npz --batch-size 128 --seed 1 --device cuda --out runs/train",
     "# (or, with the full cache: python -m model_training train --batch-size 128 --seed 1 --out runs/train)",
-    "python -m model_training evaluate --checkpoint runs/train/model.pt "
+    "python -m model_training evaluate --checkpoint runs/train/model.pt --threshold-rule point "
     "--ship ecg_gateway/triage/default_model.pt",
 ]
 
@@ -117,7 +119,8 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
     training = card["training"].get("training") or {}
     return {
         "intended_use": INTENDED_USE,
-        "limitations": model_limitations(evaluation, card["thresholds"]["acute"]) + LIMITATIONS,
+        "limitations": model_limitations(evaluation, card["thresholds"]["acute"],
+                                         card["threshold_rule_text"]) + LIMITATIONS,
         "model_description": (
             "TriageNet (ecg_gateway/triage/network.py): the 37-layer residual CNN reconstructed "
             "from van de Leur et al. (JAHA 2020) — 3 stem conv, 16 pre-activation residual blocks "

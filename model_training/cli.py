@@ -93,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     card = run(Path(args.checkpoint), [Path(p) for p in args.cache] if len(args.cache) > 1
                else Path(args.cache[0]), Path(args.cinc), Path(args.report_dir), Path(args.card),
                n_boot=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
-               ship_to=Path(args.ship) if args.ship else None,
+               threshold_rule=args.threshold_rule, ship_to=Path(args.ship) if args.ship else None,
                commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {})
     for name in ("ptbxl_fold10", "cinc_external"):
         res = card["evaluation"][name]
@@ -114,6 +114,8 @@ def _sensitivity(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from model_training.policy import THRESHOLD_RULES
+
     parser = argparse.ArgumentParser(prog="python -m model_training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-sensitivity", type=_sensitivity, default=0.95,
                    help="acute sensitivity the fold-9 threshold must reach (a ward's operating point)")
+    p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=THRESHOLD_RULES[0],
+                   help="lower-bound: the 2.5th bootstrap percentile of fold-9 sensitivity reaches the "
+                        "target (decision 33); point: the fold-9 sensitivity itself does (v1)")
     p.add_argument("--ship", help="write the evaluated checkpoint here (e.g. the package default)")
     p.add_argument("--command-log", nargs="*", help="commands to list in the card")
     p.add_argument("--extra", help="JSON with training_note / reproducibility text for the card")

@@ -21,7 +21,7 @@ from model_training.card import write_card
 from model_training.datasets import CincDataset
 from model_training.evaluate import Predictions, evaluate_set, plot_calibration, plot_roc, predict_ecgs
 from model_training.labels import MAPPING_VERSION
-from model_training.policy import ACUTE, ACUTE_INDEX, choose_acute_threshold, decide
+from model_training.policy import ACUTE, ACUTE_INDEX, acute_threshold, choose_acute_threshold, decide
 from model_training.snomed import SNOMED_VERSION
 
 log = structlog.get_logger(__name__)
@@ -61,13 +61,13 @@ def cinc_predictions(model, root: Path) -> tuple[Predictions, dict[str, Any]]:  
 
 def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, card_stem: Path, *,
         n_boot: int = 1000, seed: int = 0, target_sensitivity: float = 0.95,
-        ship_to: Path | None = None, commands: list[str] | None = None,
+        threshold_rule: str = "lower-bound", ship_to: Path | None = None, commands: list[str] | None = None,
         extra: dict[str, Any] | None = None) -> dict[str, Any]:
     model = load_model(checkpoint, device="cpu")
     arrays = cache_mod.load(cache_path)
     report_dir.mkdir(parents=True, exist_ok=True)
     val = ptbxl_predictions(model, arrays, 9, "ptbxl_fold9")
-    threshold = choose_acute_threshold(val.labels, val.probs, target_sensitivity)
+    threshold = acute_threshold(val.labels, val.probs, target_sensitivity, threshold_rule)
     thresholds = {**model.thresholds, ACUTE: threshold}
     val_sens = float(np.mean(decide(val.probs, thresholds)[val.labels == ACUTE_INDEX] == ACUTE_INDEX))
     test = ptbxl_predictions(model, arrays, 10, "ptbxl_fold10")
@@ -83,13 +83,14 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
         log.info("evaluated", set=pred.name, n=res["n"], overall_c=res["metrics"]["overall_c"]["value"],
                  pdi=res["metrics"]["pdi"]["value"])
     evaluation["cinc_external"]["info"] = cinc_info
-    evaluation["acute_operating_points"] = operating_points(val, [test, cinc])
+    evaluation["acute_operating_points"] = operating_points(
+        val, [test, cinc], (threshold_rule, target_sensitivity, threshold))
     meta = dict(model.metadata)
-    card = build_card(meta, thresholds, val_sens, target_sensitivity, arrays, evaluation, commands or [],
-                      extra or {})
+    card = build_card(meta, thresholds, (threshold_rule, target_sensitivity, val_sens), arrays, evaluation,
+                      commands or [], extra or {})
     if ship_to is not None:
         meta.update(placeholder=False, metrics=compact_metrics(evaluation), acute_threshold_source=(
-            f"PTB-XL fold 9, sensitivity >= {target_sensitivity}, CPU fp32 predictions"),
+            f"PTB-XL fold 9, {rule_text(threshold_rule, target_sensitivity)}, CPU fp32 predictions"),
             mapping_version=MAPPING_VERSION, snomed_version=SNOMED_VERSION)
         card["sha256"] = save_checkpoint(ship_to, model.net, model.contract, thresholds=thresholds,
                                          metadata=meta)
@@ -100,13 +101,25 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
     return card
 
 
-def operating_points(val: Predictions, tests: list[Predictions],
+def rule_text(rule: str, target: float) -> str:
+    """How the threshold was chosen, in words (card, checkpoint metadata)."""
+    if rule == "point":
+        return f"sensitivity >= {target}"
+    return f"lower bootstrap bound (2.5th percentile) of sensitivity >= {target}"
+
+
+def operating_points(val: Predictions, tests: list[Predictions], shipped: tuple[str, float, float],
                      targets: tuple[float, ...] = (0.80, 0.85, 0.90, 0.95)) -> list[dict[str, Any]]:
-    """Acute flag ``p_acute >= t`` with t chosen on fold 9 per target sensitivity, applied to each set."""
+    """Acute flag ``p_acute >= t`` with t chosen on fold 9 per target sensitivity (point rule),
+    plus the shipped (rule, target, threshold) where its rule is not the point rule, applied to each set."""
+    choices = [("point", target, choose_acute_threshold(val.labels, val.probs, target)) for target in targets]
+    rule, shipped_target, shipped_t = shipped
+    if rule != "point":
+        choices.append((rule, shipped_target, shipped_t))
     rows = []
-    for target in targets:
-        t = choose_acute_threshold(val.labels, val.probs, target)
-        row: dict[str, Any] = {"target_sensitivity": target, "threshold": t}
+    for rule_name, target, t in choices:
+        row: dict[str, Any] = {"target_sensitivity": target, "threshold": t, "rule": rule_name,
+                               "shipped": rule_name == rule and t == shipped_t}
         for pred in tests:
             flag, pos = pred.probs[:, ACUTE_INDEX] >= t, pred.labels == ACUTE_INDEX
             tp, fp = int((flag & pos).sum()), int((flag & ~pos).sum())
@@ -132,11 +145,12 @@ def compact_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_card(meta: dict[str, Any], thresholds: dict[str, float], val_sens: float, target: float,
+def build_card(meta: dict[str, Any], thresholds: dict[str, float], choice: tuple[str, float, float],
                arrays: cache_mod.PtbxlArrays, evaluation: dict[str, Any], commands: list[str],
                extra: dict[str, Any]) -> dict[str, Any]:
     from model_training.card_text import COMMANDS, card_texts
 
+    rule, target, val_sens = choice  # how the acute threshold was chosen, and its fold-9 sensitivity
     test = evaluation["ptbxl_fold10"]["metrics"]
     c, p = test["overall_c"]["value"][0], test["pdi"]["value"][0]
     sens = test["sensitivity"]["value"][ACUTE_INDEX]
@@ -144,7 +158,8 @@ def build_card(meta: dict[str, Any], thresholds: dict[str, float], val_sens: flo
         "model_id": meta.get("model_id"), "placeholder": False, "git_revision": meta.get("git_revision"),
         "mapping_version": MAPPING_VERSION, "snomed_version": SNOMED_VERSION,
         "data_manifest_hash": arrays.manifest_hash, "thresholds": thresholds,
-        "target_sensitivity": target, "val_acute_sensitivity": val_sens,
+        "target_sensitivity": target, "threshold_rule": rule,
+        "threshold_rule_text": rule_text(rule, target), "val_acute_sensitivity": val_sens,
         "class_counts_per_fold": class_counts_per_fold(arrays), "evaluation": evaluation,
         "training": {k: meta.get(k) for k in ("training", "validation", "best_epoch")},
         "targets": [_target("overall c", c, 0.90, 0.93), _target("PDI", p, 0.70, 0.80),

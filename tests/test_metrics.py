@@ -19,7 +19,13 @@ from model_training.metrics import (
     pdi_per_class,
     per_class_c,
 )
-from model_training.policy import ACUTE_INDEX, choose_acute_threshold, decide
+from model_training.policy import (
+    ACUTE_INDEX,
+    acute_threshold,
+    choose_acute_threshold,
+    choose_acute_threshold_with_margin,
+    decide,
+)
 
 # Hand case: two normal ECGs (a1, a2) and one of each other category (b, c, d).
 # The 4-tuples are (a1, b, c, d) and (a2, b, c, d).
@@ -156,3 +162,20 @@ def test_calibration_bins() -> None:
     cal = calibration_bins(y, p)
     assert len(cal["observed"]) == 10 and cal["ece"][0] < 0.08
     assert calibration_bins(np.zeros(100), np.ones(100))["ece"][0] == pytest.approx(1.0)
+
+
+def test_acute_threshold_with_margin_tolerates_one_miss_in_90() -> None:
+    """90 acute cases (a PTB-XL fold): missing 1 keeps the bootstrap 2.5th percentile of
+    sensitivity >= 0.95 (87/90 at worst), missing 2 does not (85/90), so the margin rule sits
+    at the second-lowest acute score where the point rule allows 4 misses (86/90 >= 0.95)."""
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.full(90, ACUTE_INDEX), np.zeros(900, dtype=int)]
+    probs = rng.dirichlet(np.ones(4), labels.size)
+    scores = np.sort(probs[labels == ACUTE_INDEX, ACUTE_INDEX])
+    t = choose_acute_threshold_with_margin(labels, probs, 0.95)
+    assert t == scores[1] == acute_threshold(labels, probs, 0.95, "lower-bound")
+    point = choose_acute_threshold(labels, probs, 0.95)
+    assert point == scores[4] == acute_threshold(labels, probs, 0.95, "point")
+    assert choose_acute_threshold_with_margin(labels[90:], probs[90:]) == 0.5  # no acute case
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        acute_threshold(labels, probs, 0.95, "median")
