@@ -180,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-sensitivity", type=_sensitivity, default=0.95,
                    help="acute sensitivity the fold-9 threshold must reach (a ward's operating point)")
     p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=THRESHOLD_RULES[0],
-                   help="lower-bound: the 2.5th bootstrap percentile of fold-9 sensitivity reaches the "
-                        "target (decision 33); point: the fold-9 sensitivity itself does (v1)")
+                   help="point: the fold-9 sensitivity reaches the target; lower-bound: its 2.5th "
+                        "bootstrap percentile does (a margin that costs many false alarms, decision 33)")
     p.add_argument("--ship", help="write the evaluated checkpoint here (e.g. the package default)")
     p.add_argument("--command-log", nargs="*", help="commands to list in the card")
     p.add_argument("--extra", help="JSON with training_note / reproducibility text for the card")

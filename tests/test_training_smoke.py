@@ -85,10 +85,13 @@ def test_evaluate_cli_writes_card_plots_and_ships(tmp_path: Path, tiny_arrays: c
     model = load_model(shipped, device="cpu")
     assert model.sha256 == card["sha256"]
     assert model.metadata["metrics"]["ptbxl_fold10"]["n"] == card["evaluation"]["ptbxl_fold10"]["n"]
-    assert card["target_sensitivity"] == 0.9 and card["threshold_rule"] == "lower-bound"
-    source = model.metadata["acute_threshold_source"]
-    assert "lower bootstrap bound (2.5th percentile) of sensitivity >= 0.9," in source
-    assert [r["shipped"] for r in card["evaluation"]["acute_operating_points"]] == [False] * 4 + [True]
+    assert card["target_sensitivity"] == 0.9 and card["threshold_rule"] == "point"
+    assert "fold 9, sensitivity >= 0.9," in model.metadata["acute_threshold_source"]
+    points = card["evaluation"]["acute_operating_points"]
+    assert [(r["rule"], r["target_sensitivity"], r["shipped"]) for r in points] == [
+        ("point", 0.8, False), ("point", 0.85, False), ("point", 0.9, True), ("point", 0.95, False),
+        ("lower-bound", 0.9, False)]
+    assert points[2]["threshold"] == card["thresholds"]["acute"]
     assert "| 0.90 (lower bound) |" in md and "(shipped) |" in md
     assert model.thresholds["acute"] == card["thresholds"]["acute"]
 
