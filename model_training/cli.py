@@ -40,10 +40,19 @@ def cmd_labels(args: argparse.Namespace) -> int:
     from model_training.export import class_counts_per_fold
     from model_training.labels import MAPPING_VERSION
 
-    counts = class_counts_per_fold(_load_or_build(args))
+    arrays = _load_or_build(args)
+    counts = class_counts_per_fold(arrays)
     print(f"mapping {MAPPING_VERSION}\n{counts_markdown(counts)}")
+    report: dict = {"counts": counts}
+    if args.sources:
+        from model_training.datasets import load_ptbxl_table
+        from model_training.export import label_sources
+
+        report["sources"] = label_sources(load_ptbxl_table(Path(args.ptbxl)), arrays)
+        for name, sources in report["sources"].items():
+            print(f"{name}: " + ", ".join(f"{code} {n}" for code, n in sources.items()))
     if args.json:
-        Path(args.json).write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -126,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("labels", help="class counts per fold under the triage mapping")
     data_args(p)
-    p.add_argument("--json", help="also write the counts here")
+    p.add_argument("--json", help="also write the counts (and sources) here")
+    p.add_argument("--sources", action="store_true",
+                   help="also count, per category, the statements that set each record's label")
     p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("cache", help="decode PTB-XL once into an array cache (and chunks)")

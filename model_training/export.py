@@ -19,8 +19,14 @@ from ecg_gateway.triage.model import file_sha256, load_model, save_checkpoint
 from model_training import cache as cache_mod
 from model_training.card import write_card
 from model_training.datasets import CincDataset
-from model_training.evaluate import Predictions, evaluate_set, plot_calibration, plot_roc, predict_ecgs
-from model_training.labels import MAPPING_VERSION
+from model_training.evaluate import (
+    Predictions,
+    evaluate_set,
+    plot_calibration,
+    plot_roc,
+    predict_ecgs,
+)
+from model_training.labels import MAPPING_VERSION, deciding_statements, triage_category
 from model_training.policy import ACUTE, ACUTE_INDEX, acute_threshold, decide
 from model_training.snomed import SNOMED_VERSION
 
@@ -37,6 +43,22 @@ def class_counts_per_fold(arrays: cache_mod.PtbxlArrays) -> dict[str, dict[str, 
         row.update(unlabelled=int((labels < 0).sum()), total=int(mask.sum()))
         out[str(fold)] = row
     return out
+
+
+def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[str, int]]:
+    """Per category, how many records each statement puts there (a record with two deciding
+    statements counts for both), over the records of ``arrays``; ``table`` is the PTB-XL CSV
+    (:func:`model_training.datasets.load_ptbxl_table`) and the rate rules use the cached rates."""
+    out: dict[str, dict[str, int]] = {name: {} for name in NAMES}
+    for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist()):
+        row = {**table.loc[ecg_id].to_dict(), "heart_rate_bpm": rate}
+        codes = deciding_statements(row["scp_codes"], row)
+        if not codes:
+            continue
+        counts = out[triage_category(row["scp_codes"], row).value]
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+    return {name: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for name, c in out.items()}
 
 
 def ptbxl_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str) -> Predictions:  # noqa: ANN001

@@ -190,6 +190,20 @@ def triage_category(scp_codes: Mapping[str, float],
     return worst
 
 
+def deciding_statements(scp_codes: Mapping[str, float],
+                        record: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The counted statements that set the record's category (the most severe ones).
+
+    For reviewing the mapping: which rows put records into a category, e.g. which statements
+    make the acute labels that a model scores like normal ECGs (decision 33).
+    """
+    category = triage_category(scp_codes, record)
+    if category is None:
+        return ()
+    return tuple(sorted(code for code in counted_statements(scp_codes)
+                        if statement_category(code, record) == category))
+
+
 def mapping_table() -> list[dict[str, str]]:
     """The table as plain rows (for the model card)."""
     return [{**asdict(rule), "category": rule.category.value} for rule in PTBXL_TABLE]

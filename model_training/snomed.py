@@ -13,13 +13,13 @@ from collections.abc import Iterable
 
 from ecg_gateway.ecg import TriageCategory
 from model_training.labels import (
-    A,
     AF_RAPID_BPM,
     ANA,
     EXTREME_BRADY_BPM,
     EXTREME_TACHY_BPM,
     SA,
     SEVERITY,
+    A,
     N,
 )
 

@@ -9,16 +9,17 @@ import math
 import numpy as np
 import pytest
 
-from ecg_gateway.ecg import TriageCategory
+from ecg_gateway.ecg import CATEGORY_ORDER, TriageCategory
 from ecg_gateway.inbound.wfdb import read_wfdb
 from model_training.cache import PtbxlArrays
 from model_training.datasets import PtbxlDataset, load_ptbxl_table, v103_dropped_ids
-from model_training.export import class_counts_per_fold
+from model_training.export import class_counts_per_fold, label_sources
 from model_training.heart_rate import heart_rate_bpm
 from model_training.labels import (
     MAPPING_VERSION,
     PTBXL_TABLE,
     RULES,
+    deciding_statements,
     mapping_hash,
     mapping_markdown,
     triage_category,
@@ -119,6 +120,37 @@ def test_ptbxl_table_drops_the_38_v103_duplicates_and_reads_labels() -> None:
         ds.table.iloc[0]["scp_codes"], str) else ds.table.iloc[0]["scp_codes"]
     assert item.label == triage_category(codes, {**ds.table.iloc[0].to_dict(),
                                                  "heart_rate_bpm": item.meta["heart_rate_bpm"]})
+
+
+@pytest.mark.parametrize(("codes", "record", "expected"), [
+    ({"NORM": 100.0, "SR": 0.0}, None, ("NORM", "SR")),
+    ({"NORM": 100.0, "SBRAD": 0.0, "IRBBB": 100.0}, None, ("IRBBB", "SBRAD")),
+    ({"STE_": 0.0, "NST_": 100.0, "SR": 0.0}, None, ("STE_",)),
+    ({"ASMI": 100.0, "INJAS": 50.0, "LAFB": 100.0}, {"infarction_stadium1": "Stadium I"}, ("ASMI", "INJAS")),
+    ({"AFIB": 0.0, "ISC_": 100.0}, {"heart_rate_bpm": 130.0}, ("AFIB",)),
+    ({"AFIB": 0.0, "ISC_": 100.0}, {"heart_rate_bpm": 80.0}, ("AFIB", "ISC_")),
+    ({"ISC_": 15.0}, None, ()),
+])
+def test_deciding_statements(codes: dict[str, float], record: dict | None, expected: tuple[str, ...]) -> None:
+    assert deciding_statements(codes, record) == expected
+
+
+def test_label_sources_counts_the_statements_that_set_each_label() -> None:
+    """Real PTB-XL rows: the counts per category add up to at least the records labelled so."""
+    table = load_ptbxl_table(shared_data("ptbxl"), folds=[9])
+    ids = np.array(table.index[:300])
+    labels = [triage_category(table.loc[i, "scp_codes"], {**table.loc[i].to_dict(), "heart_rate_bpm": 75.0})
+              for i in ids]
+    codes = [CATEGORY_ORDER.index(x) if x is not None else -1 for x in labels]
+    arrays = PtbxlArrays(np.zeros((len(ids), 8, 1000), np.int16), ids, np.full(len(ids), 9),
+                         np.array(codes, np.int8), np.full(len(ids), 75.0, np.float32), "h", "v")
+    sources = label_sources(table, arrays)
+    for k, name in enumerate(c.value for c in CATEGORY_ORDER):
+        assert sum(sources[name].values()) >= codes.count(k)
+        assert all(RULES[code].category.value == name or RULES[code].rule != "fixed" for code in sources[name])
+    assert set(sources["normal"]) <= {"NORM", "SR", "SARRH"}
+    counts = list(sources["acute"].values())
+    assert counts == sorted(counts, reverse=True) and sources["acute"]
 
 
 def test_class_counts_per_fold_report() -> None:
