@@ -68,6 +68,18 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def sources_markdown(sources: dict[str, dict[str, int]] | None) -> list[str]:
+    """The statements that set each category's labels (all folds), as card lines."""
+    if not sources:
+        return []
+    lines = ["Statements that set the labels, all folds (`python -m model_training labels --sources`; "
+             "a record counts once for each statement of its category):", "",
+             "| category | statement (records) |", "|---|---|"]
+    lines += [f"| {name} | " + ", ".join(f"{code} {n}" for code, n in codes.items()) + " |"
+              for name, codes in sources.items()]
+    return [*lines, ""]
+
+
 def operating_points_markdown(rows: list[dict[str, Any]]) -> str:
     sets = [k for k in rows[0] if k not in ("target_sensitivity", "threshold", "rule", "shipped")]
     head = "| fold-9 target | threshold | " + " | ".join(
@@ -120,6 +132,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         counts_markdown(card["class_counts_per_fold"]),
         "",
+        *sources_markdown(card.get("label_sources")),
         "## Metrics",
         DEFINITIONS.format(n_boot=ev["ptbxl_fold10"]["n_bootstrap"], seed=ev["ptbxl_fold10"]["bootstrap_seed"]),
         "### PTB-XL fold 10 (test, patient-wise held out)",

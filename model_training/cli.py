@@ -103,7 +103,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                else Path(args.cache[0]), Path(args.cinc), Path(args.report_dir), Path(args.card),
                n_boot=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
                threshold_rule=args.threshold_rule, ship_to=Path(args.ship) if args.ship else None,
-               commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {})
+               commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {},
+               ptbxl_root=Path(args.ptbxl))
     for name in ("ptbxl_fold10", "cinc_external"):
         res = card["evaluation"][name]
         m = res["metrics"]

@@ -84,7 +84,7 @@ def cinc_predictions(model, root: Path) -> tuple[Predictions, dict[str, Any]]:  
 def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, card_stem: Path, *,
         n_boot: int = 1000, seed: int = 0, target_sensitivity: float = 0.95,
         threshold_rule: str = "point", ship_to: Path | None = None, commands: list[str] | None = None,
-        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        extra: dict[str, Any] | None = None, ptbxl_root: Path | None = None) -> dict[str, Any]:
     model = load_model(checkpoint, device="cpu")
     arrays = cache_mod.load(cache_path)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,10 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
     meta = dict(model.metadata)
     card = build_card(meta, thresholds, (threshold_rule, target_sensitivity, val_sens), arrays, evaluation,
                       commands or [], extra or {})
+    if ptbxl_root is not None:  # which statements make each category, for the mapping's review
+        from model_training.datasets import load_ptbxl_table
+
+        card["label_sources"] = label_sources(load_ptbxl_table(ptbxl_root), arrays)
     if ship_to is not None:
         meta.update(placeholder=False, metrics=compact_metrics(evaluation), acute_threshold_source=(
             f"PTB-XL fold 9, {rule_text(threshold_rule, target_sensitivity)}, CPU fp32 predictions"),

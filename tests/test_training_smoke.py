@@ -93,6 +93,10 @@ def test_evaluate_cli_writes_card_plots_and_ships(tmp_path: Path, tiny_arrays: c
         ("lower-bound", 0.9, False)]
     assert points[2]["threshold"] == card["thresholds"]["acute"]
     assert "| 0.90 (lower bound) |" in md and "(shipped) |" in md
+    # 16 real PTB-XL records: every labelled record has at least one statement of its category
+    counts_all = card["class_counts_per_fold"]["all"]
+    assert all(sum(codes.values()) >= counts_all[name] for name, codes in card["label_sources"].items())
+    assert sum(counts_all[name] for name in card["label_sources"]) > 0 and "| statement (records) |" in md
     assert model.thresholds["acute"] == card["thresholds"]["acute"]
 
 
