@@ -72,8 +72,8 @@ def sources_markdown(sources: dict[str, dict[str, int]] | None) -> list[str]:
     """The statements that set each category's labels (all folds), as card lines."""
     if not sources:
         return []
-    lines = ["Statements that set the labels, all folds (`python -m model_training labels --sources`; "
-             "a record counts once for each statement of its category):", "",
+    lines = [("Statements that set the labels, all folds (`python -m model_training labels --sources`; "
+              "a record counts once for each statement of its category):"), "",
              "| category | statement (records) |", "|---|---|"]
     lines += [f"| {name} | " + ", ".join(f"{code} {n}" for code, n in codes.items()) + " |"
               for name, codes in sources.items()]
