@@ -208,13 +208,20 @@ def test_implementation_identity_is_pynetdicoms() -> None:
         conformance.dicom_implementation()
 
 
-def test_association_rejections_happen_as_documented() -> None:
+def migrated_sessions(tmp_path: Path) -> sessionmaker[Session]:
+    """A real SQLite file at head, so the audit events of rejected input have a table to land in."""
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    upgrade_to_head(url)
+    return make_session_factory(make_engine(url))
+
+
+def test_association_rejections_happen_as_documented(tmp_path: Path) -> None:
     """A real SCP on loopback: unknown calling AE -> (1,1,3); over the limit -> (2,3,2)."""
     rows = table(doc("dicom-conformance.md"), "association-rejections")
     columns = ("Result", "Source", "Reason / diagnosis")
     documented = {tuple(int(r[k].split()[0]) for k in columns) for r in rows}
     config = DicomConfig(port=0, allowed_calling_ae_titles=["CART1"], max_associations=1)
-    server = dicom_scp.start_dicom_server(config, Ingestor(make_session_factory(make_engine("sqlite://"))))
+    server = dicom_scp.start_dicom_server(config, Ingestor(migrated_sessions(tmp_path)))
     port = server.server_address[1]
     try:
         seen = set()
@@ -291,7 +298,7 @@ def test_ack_rules_table_lists_exactly_the_codes_the_receiver_emits(tmp_path: Pa
     rows = table(doc("hl7-interface.md"), "ack-rules")
     documented = {(r["MSA-1"], int(r["ERR-3"])) for r in rows}
     assert {code for _, code in documented} == set(conformance.hl7_error_codes())
-    receiver = Hl7Receiver(Ingestor(make_session_factory(make_engine("sqlite://"))))
+    receiver = Hl7Receiver(Ingestor(migrated_sessions(tmp_path)))
     cases = _cases()
     missing = tmp_path / "no-such-dir" / "x.db"  # the database cannot be opened: a real failure
     down = Hl7Receiver(Ingestor(make_session_factory(make_engine(f"sqlite:///{missing}"))))
