@@ -32,9 +32,10 @@ WHY = (
                    "too small to split. The verified bf16 path (`model.cpu_precision: bfloat16`, ~1.4-1.75x) "
                    "is the way up on this CPU; fp32 stays the default."),
     ("scale.pg.workers", "Worker processes share the 2 cores with PostgreSQL and the load generator."),
-    ("scale.memory", "RSS keeps rising slowly after the first half: no unbounded structure of ours is known "
-                     "(metrics have fixed labels, no per-ECG caches); allocator fragmentation and SQLite "
-                     "page caches are the suspects, not yet proven (tracemalloc run: next step)."),
+    ("scale.memory", "The growth used to be the model's per-batch-size state (TorchScript, oneDNN), built "
+                     "as new batch sizes first appeared; the worker now builds it at load (decisions.md "
+                     "37). Growth that remains is glibc free-list fragmentation (mallinfo2: in-use flat), "
+                     "or batch sizes above the 64 warmed at load."),
     ("dicom.", "C-STORE rates are bounded by the Python SCU on 2 cores; ours also fsyncs every "
                "commit (synchronous=FULL), the anchors do not."),
     ("hl7.", "ACK latency includes decoding the whole ECG and an fsync'd commit per message; with 4 "

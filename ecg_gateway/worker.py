@@ -43,6 +43,7 @@ Decoder = Callable[[str, bytes], Ecg]
 OUTBOUND_PRIORITY = {TriageCategory.ACUTE.value: 0, UNINTERPRETABLE: 10}
 DEFAULT_OUTBOUND_PRIORITY = 50
 MAX_FAILURES_HEALTHY = 3  # consecutive failed batches before the worker reports unhealthy
+WARM_UP_MAX_BATCH = 64  # batch sizes warmed at model load; larger ones build their state on first use
 
 
 @dataclass
@@ -131,6 +132,7 @@ class Worker:
             self._model_error = reason
             return False
         model = override_acute_threshold(model, self._config.model.acute_threshold)
+        warm_up_s = self._warm_up(model)
         self._triager, self._model_error = Triager(model), None
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
                   "thresholds": dict(model.thresholds),
@@ -144,8 +146,21 @@ class Worker:
         except SQLAlchemyError as exc:
             log.warning("model_event_not_recorded", error=type(exc).__name__)
         log.info("worker_model_ready", model_id=model.model_id, sha256=model.sha256,
-                 device=str(model.device), precision=model.precision, placeholder=model.placeholder)
+                 device=str(model.device), precision=model.precision, placeholder=model.placeholder,
+                 warm_up_s=warm_up_s)
         return True
+
+    def _warm_up(self, model: TriageModel) -> float | None:
+        """Build the model's per-batch-size state now (``TriageModel.warm_up``); a failure
+        (e.g. out of memory at a large batch on a small GPU) is logged, not fatal: such
+        batches are split at run time."""
+        try:
+            return round(model.warm_up(min(self._batch_size, WARM_UP_MAX_BATCH)), 3)
+        except Exception as exc:  # noqa: BLE001 - any failure here leaves a working model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            log.warning("model_warm_up_failed", error=type(exc).__name__)
+            return None
 
     # --- loop ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 import torch
 from sqlalchemy import func, select
 
@@ -189,6 +190,51 @@ def test_t8_model_that_always_fails_completes_nothing(sessions, checkpoint: Path
     assert count(sessions, Job, Job.state == "queued") == 4
     assert not worker.healthy and "blank input" in worker.health_detail["model_error"]
     assert worker.run_once() == 0  # stopped claiming until the model reloads
+
+
+class RecordingModel(TriageModel):
+    """The real model; records the batch size of every forward pass, and can fail its warm-up."""
+
+    def __init__(self, model: TriageModel, warm_up_error: Exception | None = None) -> None:
+        self.__dict__.update(model.__dict__)
+        self.sizes: list[int] = []
+        self.warm_up_error = warm_up_error
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return super()._forward(x)
+
+    def warm_up(self, max_batch: int) -> float:
+        if self.warm_up_error is not None:
+            raise self.warm_up_error
+        return super().warm_up(max_batch)
+
+
+def test_model_load_runs_every_batch_size_once_before_the_first_claim(sessions, checkpoint: Path) -> None:
+    ecgs = [synthetic.synthetic_ecg(i) for i in range(3)]
+    enqueue(Ingestor(sessions), ecgs)
+    model = RecordingModel(load_model(checkpoint, "cpu"))
+    worker = Worker(sessions, make_config(checkpoint, batch_size=6), decode_npz, load=lambda *_: model)
+    with structlog.testing.capture_logs() as logs:
+        assert worker.ensure_model()
+    assert model.sizes == [6, 5, 4, 3, 2, 1]
+    assert [e["warm_up_s"] > 0 for e in logs if e["event"] == "worker_model_ready"] == [True]
+    assert worker.run_once() == 3 and model.sizes[6:] == [3]
+    want = Triager(load_model(checkpoint, "cpu")).triage(ecgs)  # a model never warmed up
+    with sessions() as s:
+        got = {r.message_id: r.p_acute for r in s.scalars(select(Result))}
+    assert got == pytest.approx({i + 1: w.probabilities["acute"] for i, w in enumerate(want)}, abs=1e-6)
+
+
+def test_a_failed_warm_up_is_logged_and_the_worker_still_triages(sessions, checkpoint: Path) -> None:
+    enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(i) for i in range(2)])
+    model = RecordingModel(load_model(checkpoint, "cpu"), torch.OutOfMemoryError("simulated: warm-up batch"))
+    worker = Worker(sessions, make_config(checkpoint), decode_npz, load=lambda *_: model)
+    with structlog.testing.capture_logs() as logs:
+        assert worker.ensure_model() and worker.healthy
+    assert [(e["event"], e.get("error")) for e in logs if e["log_level"] == "warning"] == [
+        ("model_warm_up_failed", "OutOfMemoryError")]
+    assert worker.run_once() == 2 and count(sessions, Result) == 2
 
 
 def test_t2_lost_lease_writes_no_result(sessions, checkpoint: Path) -> None:

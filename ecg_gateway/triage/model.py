@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,25 @@ class TriageModel:
         if batch.shape[0] == 0:
             return np.zeros((0, len(CATEGORY_NAMES)), dtype=np.float32)
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        return self._forward(x).cpu().numpy()
+
+    def warm_up(self, max_batch: int) -> float:
+        """One forward pass at every batch size 1..``max_batch``; returns the seconds spent.
+
+        The runner keeps state per input shape (TorchScript specialisations, oneDNN
+        primitives: 1-2 MB each on the CPU). Built lazily, it grew a serving process for
+        hours as rarer batch sizes first appeared, and the first batch of each size took
+        tens of ms longer; built here, memory is flat from the first ECG (decisions.md 37).
+        Largest batch first, so the smaller passes reuse its freed buffers: smallest first left
+        ~70 MB more free heap (RSS) in ``serve``.
+        """
+        started = time.perf_counter()
+        for n in range(max_batch, 0, -1):
+            self._forward(torch.zeros((n, len(self.contract.leads), self.contract.length), device=self.device))
+        return time.perf_counter() - started
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities in CATEGORY_ORDER for a float32 batch already on the device."""
         with torch.inference_mode():
             if self.device.type == "cuda":
                 dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -217,8 +237,7 @@ class TriageModel:
                     logits = self.runner(x)
             else:
                 logits = self.runner(x)
-            probs = torch.softmax(logits.float(), dim=1)[:, self._reorder]
-        return probs.cpu().numpy()
+            return torch.softmax(logits.float(), dim=1)[:, self._reorder]
 
 
 def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
