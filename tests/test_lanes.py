@@ -3,9 +3,12 @@ every batch size and split, and the model spends its cores as lanes of one threa
 
 from __future__ import annotations
 
-import ctypes
+import json
 import platform
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from ecg_gateway.triage.lanes import compile_lanes
 from ecg_gateway.triage.model import load_model
 from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.optimize import bf16_supported, onednn_usable, optimize_for_cpu
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -92,16 +97,34 @@ def test_the_shipped_model_runs_its_cores_as_single_threaded_lanes() -> None:
     np.testing.assert_allclose(lanes.predict(x), eager.predict(x), atol=1e-5)
 
 
-def _malloc_in_use_mb() -> float:
-    """glibc's bytes handed out by malloc (mallinfo2), all arenas: what RSS growth is made of."""
+_GROWTH_PROBE = """
+import ctypes, gc, json
+import numpy as np
+from ecg_gateway.triage.model import load_model
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                          "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
-    mallinfo2.restype = MallInfo2
-    return mallinfo2().uordblks / 2**20
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = MallInfo2
+rng = np.random.default_rng(0)
+batches = [rng.normal(size=(n, 8, 1000)).astype(np.float32) for n in (5, 2, 8, 3, 7, 1, 6, 4)]
+
+def growth_mb(model):
+    gc.collect()
+    before = mallinfo2().uordblks
+    for batch in batches:
+        model.predict(batch)
+    gc.collect()
+    return (mallinfo2().uordblks - before) / 2**20
+
+cold = load_model(device="cpu", cpu_cores=2)
+cold_mb = growth_mb(cold)
+warmed = load_model(device="cpu", cpu_cores=2)
+warm_up_s = warmed.warm_up(8)
+print(json.dumps({"cold_mb": cold_mb, "warmed_mb": growth_mb(warmed), "warm_up_s": warm_up_s}))
+"""
 
 
 def _has_mallinfo2() -> bool:
@@ -111,20 +134,11 @@ def _has_mallinfo2() -> bool:
 
 @pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 for mallinfo2")
 def test_warm_up_builds_the_per_batch_size_state_a_serving_process_would_grow_by() -> None:
-    """The memory half of decisions.md 37: a cold model allocates for every new batch size
-    (in `serve` that stretched over hours of traffic); after `warm_up` it allocates nothing."""
-    sizes = [5, 2, 8, 3, 7, 1, 6, 4]
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(size=(n, 8, 1000)).astype(np.float32) for n in sizes]
-
-    def growth_mb(model) -> float:  # type: ignore[no-untyped-def]
-        before = _malloc_in_use_mb()
-        for batch in batches:
-            model.predict(batch)
-        return _malloc_in_use_mb() - before
-
-    cold = load_model(device="cpu", cpu_cores=2)
-    assert growth_mb(cold) > 2.0  # what warm_up exists for (9-17 MB measured on the bundled model)
-    warmed = load_model(device="cpu", cpu_cores=2)
-    assert warmed.warm_up(max(sizes)) > 0
-    assert growth_mb(warmed) < 0.5
+    """The memory half of decisions.md 37, measured in a fresh process (glibc's malloc in-use
+    bytes, all arenas): a cold model allocates for every new batch size (in `serve` that
+    stretched over hours of traffic); after `warm_up` it allocates nothing more."""
+    out = subprocess.run([sys.executable, "-c", _GROWTH_PROBE], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=True)
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    assert probe["cold_mb"] > 2.0, probe  # what warm_up exists for (9-17 MB measured on the bundled model)
+    assert probe["warmed_mb"] < 0.5 and probe["warm_up_s"] > 0, probe
