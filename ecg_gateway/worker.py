@@ -313,6 +313,9 @@ class Worker:
             quality={**outcome.quality.to_json(), "model_placeholder": outcome.placeholder},
             model_id=outcome.model_id,
             model_sha256=outcome.model_sha256, latency_ms=latency_ms,
+            statements=[st.to_json() for st in outcome.statements],
+            measurements=outcome.measurements.to_json(),
+            decision=outcome.decision.to_json() if outcome.decision is not None else None,
         )
         session.add(result)
         session.flush()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ecg_gateway.ecg import UNINTERPRETABLE, Demographics, TriageCategory
 from ecg_gateway.errors import GatewayError
+from ecg_gateway.evidence import DecisionRule, Measurements, Statement, statements_from_json
 
 if TYPE_CHECKING:
     from ecg_gateway.config import OutboundConfig
@@ -70,13 +71,19 @@ class ResultView:
     model_id: str
     model_sha256: str
     quality: dict[str, Any] = field(default_factory=dict)
+    statements: tuple[Statement, ...] = ()
+    measurements: Measurements = field(default_factory=Measurements)
+    decision: DecisionRule | None = None
 
     @classmethod
     def from_row(cls, row: Result) -> ResultView:
         return cls(category=row.category, p_normal=row.p_normal,
                    p_abnormal_not_acute=row.p_abnormal_not_acute, p_subacute=row.p_subacute,
                    p_acute=row.p_acute, model_id=row.model_id, model_sha256=row.model_sha256,
-                   quality=dict(row.quality or {}))
+                   quality=dict(row.quality or {}),
+                   statements=statements_from_json(row.statements),
+                   measurements=Measurements.from_json(row.measurements),
+                   decision=DecisionRule.from_json(row.decision))
 
     def probability(self, category: str) -> float | None:
         value: float | None = getattr(self, f"p_{category}", None)

@@ -121,6 +121,11 @@ class Result(Base):
     model_id: Mapped[str] = mapped_column(String(128))
     model_sha256: Mapped[str] = mapped_column(String(64))
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # evidence (ecg_gateway/evidence.py): [{code, description, probability}], {name: value},
+    # {rule, text, threshold, flag_budget}; NULL in rows written before migration 0003
+    statements: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    measurements: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -7,13 +7,14 @@ a record's probabilities do not depend on what else is in its batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
 from ecg_gateway.errors import InvalidEcgError
+from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.triage.decide import decide
 from ecg_gateway.triage.model import TriageModel
 from ecg_gateway.triage.preprocess import preprocess
@@ -32,6 +33,9 @@ class TriageOutcome:
     model_id: str
     model_sha256: str
     placeholder: bool
+    statements: tuple[Statement, ...] = ()
+    measurements: Measurements = field(default_factory=Measurements)
+    decision: DecisionRule | None = None
 
     def to_json(self) -> dict[str, Any]:
         quality = {"ok": self.quality.ok, "reasons": list(self.quality.reasons),
@@ -40,7 +44,10 @@ class TriageOutcome:
                 "probabilities": dict(self.probabilities) if self.probabilities is not None else None,
                 "quality": quality,
                 "model": {"id": self.model_id, "sha256": self.model_sha256,
-                          "placeholder": self.placeholder}}
+                          "placeholder": self.placeholder},
+                "statements": [s.to_json() for s in self.statements],
+                "measurements": self.measurements.to_json(),
+                "decision": self.decision.to_json() if self.decision is not None else None}
 
 
 class Triager:
