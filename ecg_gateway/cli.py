@@ -174,7 +174,7 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
     """Decode every file first (one-line error, exit 65, on the first bad one), then one batch."""
     from ecg_gateway.errors import CheckpointError, GatewayError
     from ecg_gateway.inbound.decode import decode_file
-    from ecg_gateway.triage.model import cpu_threads, load_model, override_acute_threshold
+    from ecg_gateway.triage.model import cpu_threads, load_model, set_operating_point
     from ecg_gateway.triage.service import Triager
 
     ecgs = []
@@ -187,9 +187,9 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
             raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
     try:
         cores = cpu_threads(config.model.cpu_threads, shares_process=False)
-        model = override_acute_threshold(load_model(config.model.path, device=config.model.device,
+        model = set_operating_point(load_model(config.model.path, device=config.model.device,
                                                     cpu_precision=config.model.cpu_precision, cpu_cores=cores),
-                                         config.model.acute_threshold)
+                                    config.model.acute_flag_budget, config.model.acute_threshold)
     except CheckpointError as exc:
         raise CliError(str(exc), EX_CONFIG) from exc
     outcomes = []

@@ -34,7 +34,7 @@ from ecg_gateway.errors import CheckpointError, GatewayError
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
-from ecg_gateway.triage.model import TriageModel, load_model, override_acute_threshold
+from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
 from ecg_gateway.triage.service import Triager, TriageOutcome
 
 log = structlog.get_logger(__name__)
@@ -124,18 +124,19 @@ class Worker:
             return False
         self._next_load = now + self._model_retry_s
         try:
-            model = self._load(self._config.model.path, self._config.model.device)
+            model = set_operating_point(self._load(self._config.model.path, self._config.model.device),
+                                        self._config.model.acute_flag_budget, self._config.model.acute_threshold)
         except Exception as exc:  # noqa: BLE001 - CheckpointError, or e.g. a CUDA error on .to()
             reason = str(exc) if isinstance(exc, CheckpointError) else f"model load failed: {type(exc).__name__}"
             if self._model_error != reason:
                 log.error("model_unavailable", reason=reason, retry_s=self._model_retry_s)
             self._model_error = reason
             return False
-        model = override_acute_threshold(model, self._config.model.acute_threshold)
         warm_up_s = self._warm_up(model)
         self._triager, self._model_error = Triager(model), None
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
-                  "thresholds": dict(model.thresholds),
+                  "thresholds": dict(model.thresholds), "acute_flag_budget": model.acute_budget,
+                  "statements": model.n_statements, "members": len(model.members),
                   "device": str(model.device), "precision": model.precision, "fs": model.contract.fs, "length": model.contract.length,
                   "leads": list(model.contract.leads)}
         MODEL_INFO.info({k: str(v) for k, v in detail.items() if k in ("model_id", "sha256", "placeholder",

@@ -2,8 +2,10 @@
 
 ``[N, 8, 1000]`` int16 microvolts (the records' own resolution: gain 1000/mV, so lossless)
 of the independent leads I, II, V1-V6, plus ecg_id, fold, label (-1 = none), the
-measured heart rate and the counted SCP statements (multi-hot, the training's auxiliary
-statement targets). A GPU host without wfdb/soundfile trains from this file alone.
+measured heart rate, the counted SCP statements (multi-hot), every statement's likelihood
+and the infarction stadia — enough to label the records under any mapping version
+(:meth:`PtbxlArrays.with_mapping`) and to build the statement head's targets. A GPU host
+without wfdb/soundfile trains from this file alone.
 
 The manifest hash identifies the training data: sha256 over the dataset's SHA256SUMS, the
 kept ecg_ids with their folds and labels, and the mapping hash.
@@ -14,13 +16,20 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ecg_gateway.ecg import CATEGORY_ORDER, INDEPENDENT_LEADS, Ecg
-from model_training.labels import MAPPING_VERSION, counted_statements, mapping_hash, statement_codes
+from model_training.labels import (
+    MAPPING_VERSION,
+    counted_statements,
+    get_mapping,
+    mapping_hash,
+    statement_codes,
+    triage_category,
+)
 
 FS = 100.0
 LENGTH = 1000
@@ -36,25 +45,78 @@ class PtbxlArrays:
     manifest_hash: str
     mapping_version: str
     statements: np.ndarray | None = None  # uint8 [N, len(statement_codes())]; None in old caches
+    likelihoods: np.ndarray | None = None  # float32 [N, len(statement_codes())], NaN = absent
+    stadium: np.ndarray | None = None  # str [N, 2]: infarction_stadium1/2 ("" = none)
+    data_digest: str = ""  # sha256 of the dataset's SHA256SUMS (to re-derive the manifest hash)
 
     def subset(self, mask: np.ndarray) -> PtbxlArrays:
-        statements = None if self.statements is None else self.statements[mask]
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[mask]
+
         return PtbxlArrays(self.signals[mask], self.ecg_id[mask], self.fold[mask], self.label[mask],
                            self.heart_rate[mask], self.manifest_hash, self.mapping_version,
-                           statements)
+                           pick(self.statements), pick(self.likelihoods), pick(self.stadium),
+                           self.data_digest)
 
     def ecg(self, i: int) -> Ecg:
         """Record i as an Ecg in mV (for preprocess(); identical to reading the WFDB file)."""
         return Ecg(signal=self.signals[i].astype(np.float32) / 1000.0, fs=FS,
                    leads=INDEPENDENT_LEADS, source="ptbxl-cache", uid=str(int(self.ecg_id[i])))
 
+    def scp_codes(self, i: int) -> dict[str, float]:
+        """Record i's statements with their likelihoods, as in ptbxl_database.csv."""
+        if self.likelihoods is None:
+            raise ValueError("this cache has no likelihoods: rebuild it (python -m model_training cache)")
+        row = self.likelihoods[i]
+        return {code: float(row[j]) for j, code in enumerate(statement_codes()) if not np.isnan(row[j])}
+
+    def record(self, i: int) -> dict[str, object]:
+        """The fields the label rules read: stadia and the measured rate."""
+        stadium = ("", "") if self.stadium is None else tuple(self.stadium[i])
+        return {"infarction_stadium1": stadium[0] or None, "infarction_stadium2": stadium[1] or None,
+                "heart_rate_bpm": float(self.heart_rate[i])}
+
+    def with_mapping(self, mapping: str | None) -> PtbxlArrays:
+        """The same records labelled under another mapping version ("1.0", "2.0")."""
+        table = get_mapping(mapping)
+        if table.version == self.mapping_version:
+            return self
+        labels = np.array([_index(triage_category(self.scp_codes(i), self.record(i), table))
+                           for i in range(len(self.ecg_id))], dtype=np.int8)
+        digest = _manifest(self.data_digest, self.ecg_id, self.fold, labels, mapping_hash(table))
+        return replace(self, label=labels, manifest_hash=digest, mapping_version=table.version)
+
+    def statement_targets(self) -> np.ndarray:
+        """Likelihood-aware targets ``[N, S]`` in [0, 1]: likelihood / 100, and 1 for a statement
+        given without a likelihood (0: every rhythm/form statement); 0 where absent."""
+        if self.likelihoods is None:
+            raise ValueError("this cache has no likelihoods: rebuild it (python -m model_training cache)")
+        lik = self.likelihoods
+        return np.where(np.isnan(lik), 0.0, np.where(lik == 0, 1.0, lik / 100.0)).astype(np.float32)
+
+    def statement_truth(self) -> np.ndarray:
+        """Binary ``[N, S]``: the statement is listed for the record (any likelihood), as the
+        PTB-XL benchmark scores its "all statements" task."""
+        if self.likelihoods is None:
+            raise ValueError("this cache has no likelihoods: rebuild it (python -m model_training cache)")
+        return (~np.isnan(self.likelihoods)).astype(np.uint8)
+
+
+def _index(category: object) -> int:
+    return -1 if category is None else CATEGORY_ORDER.index(category)  # type: ignore[arg-type]
+
 
 def manifest_hash(sums_file: bytes, ecg_id: np.ndarray, fold: np.ndarray, label: np.ndarray) -> str:
+    return _manifest(hashlib.sha256(sums_file).hexdigest(), ecg_id, fold, label, mapping_hash())
+
+
+def _manifest(data_digest: str, ecg_id: np.ndarray, fold: np.ndarray, label: np.ndarray,
+              mapping: str) -> str:
     digest = hashlib.sha256()
-    digest.update(hashlib.sha256(sums_file).digest())
+    digest.update(bytes.fromhex(data_digest) if data_digest else b"")
     for arr in (ecg_id.astype(np.int64), fold.astype(np.int64), label.astype(np.int64)):
         digest.update(arr.tobytes())
-    digest.update(mapping_hash().encode())
+    digest.update(mapping.encode())
     return digest.hexdigest()
 
 
@@ -81,9 +143,14 @@ def build(root: Path, out: Path | None, *, folds: list[int] | None = None,
         hr[i] = item.meta["heart_rate_bpm"]
         fold[i] = item.meta["fold"]
     ecg_id = ds.table.index.to_numpy().astype(np.int32)
-    digest = manifest_hash((root / "SHA256SUMS").read_bytes(), ecg_id, fold, label)
+    sums = (root / "SHA256SUMS").read_bytes()
+    digest = manifest_hash(sums, ecg_id, fold, label)
+    stadium = np.array([[str(v) if isinstance(v, str) else "" for v in pair] for pair in
+                        ds.table[["infarction_stadium1", "infarction_stadium2"]].itertuples(index=False)],
+                       dtype="<U16").reshape(n, 2)
     arrays = PtbxlArrays(signals, ecg_id, fold, label, hr, digest, MAPPING_VERSION,
-                         statement_targets(ds.table["scp_codes"]))
+                         statement_targets(ds.table["scp_codes"]), likelihoods(ds.table["scp_codes"]),
+                         stadium, hashlib.sha256(sums).hexdigest())
     if out is not None:
         save(arrays, out)
     return arrays
@@ -99,8 +166,25 @@ def statement_targets(scp_codes: Iterable[Mapping[str, float]]) -> np.ndarray:
     return out
 
 
+def likelihoods(scp_codes: Iterable[Mapping[str, float]]) -> np.ndarray:
+    """``[N, len(statement_codes())]`` float32 likelihoods (0-100), NaN where not listed."""
+    column = {code: j for j, code in enumerate(statement_codes())}
+    rows = list(scp_codes)
+    out = np.full((len(rows), len(column)), np.nan, dtype=np.float32)
+    for i, codes in enumerate(rows):
+        for code, value in codes.items():
+            out[i, column[code]] = float(value)
+    return out
+
+
+_OPTIONAL = ("statements", "likelihoods", "stadium")
+
+
 def _optional(arrays: PtbxlArrays) -> dict[str, np.ndarray]:
-    return {} if arrays.statements is None else {"statements": arrays.statements}
+    out = {name: getattr(arrays, name) for name in _OPTIONAL if getattr(arrays, name) is not None}
+    if arrays.data_digest:
+        out["data_digest"] = np.array(arrays.data_digest)
+    return out
 
 
 def _write_npz(out: Path, writer: Callable[..., None], **arrays: np.ndarray) -> None:
@@ -153,10 +237,11 @@ def load(paths: Path | list[Path]) -> PtbxlArrays:
         raise ValueError("cache chunks come from different builds")
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("ecg_id", "fold", "label", "heart_rate")}
     cat["signals"] = np.concatenate([_signals(p) for p in parts])
-    statements = (np.concatenate([p["statements"] for p in parts])
-                  if all("statements" in p for p in parts) else None)
+    optional = {name: (np.concatenate([p[name] for p in parts]) if all(name in p for p in parts) else None)
+                for name in _OPTIONAL}
+    digest = str(parts[0]["data_digest"]) if "data_digest" in parts[0] else ""
     return PtbxlArrays(cat["signals"], cat["ecg_id"], cat["fold"], cat["label"], cat["heart_rate"],
-                       hashes.pop(), str(parts[0]["mapping_version"]), statements)
+                       hashes.pop(), str(parts[0]["mapping_version"]), **optional, data_digest=digest)
 
 
 def split(arrays: PtbxlArrays, out_dir: Path, n_chunks: int) -> list[Path]:

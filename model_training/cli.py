@@ -90,7 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       blocks_per_group=args.blocks_per_group, model_id=args.model_id,
                       num_threads=args.threads, time_limit_min=args.time_limit_min,
                       schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay,
-                      statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16)
+                      statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16,
+                      mapping=args.mapping, head=args.head, crop=args.crop, optimizer=args.optimizer,
+                      statement_targets=args.statement_targets)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -151,22 +153,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train TriageNet; resumable")
     data_args(p)
     p.add_argument("--out", default=str(REPO / "runs" / "train"))
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-3, help="peak LR of the one-cycle schedule (start LR otherwise)")
     p.add_argument("--gamma", type=float, default=1.0, help="focal loss gamma (0 = cross-entropy)")
     p.add_argument("--class-weights", choices=["none", "sqrt", "inverse"], default="sqrt")
-    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--patience", type=int, default=100,
+                   help="stop after this many epochs without a better fold-9 score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau")
+    p.add_argument("--schedule", choices=["onecycle", "plateau", "cosine"], default="onecycle")
+    p.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw")
+    p.add_argument("--mapping", choices=["1.0", "2.0"], default="2.0", help="triage label mapping")
+    p.add_argument("--head", choices=["pool", "flatten"], default="pool",
+                   help="pool: any input length (crops, windows); flatten: v1's fixed-length head")
+    p.add_argument("--crop", type=int, default=250,
+                   help="random crop length in samples for training, windows of it at validation (0 = whole record)")
+    p.add_argument("--statement-targets", choices=["likelihood", "counted"], default="likelihood",
+                   help="likelihood: all 71 statements, likelihood-aware; counted: v1's multi-hot")
     p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--cpu-bf16", action="store_true",
                    help="bf16 autocast for CPU training steps (AMX/AVX512-BF16 CPUs only; validation stays float32)")
-    p.add_argument("--statement-weight", type=float, default=2.0,
+    p.add_argument("--statement-weight", type=float, default=5.0,
                    help="weight of the multi-label SCP-statement loss (0 = off)")
     p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
@@ -175,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-fold", type=int, help="smoke: first N records per fold, read from --ptbxl")
     p.add_argument("--widths", default="64,128,256,512")
     p.add_argument("--blocks-per-group", type=int, default=4)
-    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v2")
+    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v2-member")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)

@@ -10,7 +10,13 @@ Rules, applied to every statement of a record:
    the signal (``record["heart_rate_bpm"]``, see :mod:`model_training.heart_rate`);
 5. a record with no counting statement has no label (``None``) and is left out.
 
-Change any row -> bump :data:`MAPPING_VERSION`; it is written into checkpoints and cards.
+Two versions (docs: ../shared/docs/triage.md §3 and §4): **2.0** (the default) moves STE_ to
+abnormal_not_acute, the INJ* rows to subacute, a sinus bradycardia < 40 bpm to subacute, and
+lets a cardiologist's NORM at likelihood 100 outrank the cart's descriptive statements
+(:data:`NORM_OUTRANKS`); **1.0** (``mapping="1.0"``) is the table v1 was trained on, kept so
+every model card reports both.
+
+Change any row -> a new version; the version is written into checkpoints and cards.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from ecg_gateway.ecg import CATEGORY_ORDER, TriageCategory
 
 N, ANA, SA, A = (TriageCategory.NORMAL, TriageCategory.ABNORMAL_NOT_ACUTE,
                  TriageCategory.SUBACUTE, TriageCategory.ACUTE)
-MAPPING_VERSION = "ptbxl-triage-map-1.0"
 MIN_LIKELIHOOD = 50.0
 SEVERITY = {cat: i for i, cat in enumerate(CATEGORY_ORDER)}
 
@@ -47,7 +52,7 @@ class Rule:
 _MI = "infarct: stadium I/I-II -> acute, II/II-III/unknown -> subacute, III -> abnormal_not_acute"
 _AF = f"rate/anticoagulation work-up; acute if ventricular rate > {AF_RAPID_BPM:.0f} or < 40 bpm"
 
-PTBXL_TABLE: tuple[Rule, ...] = (
+TABLE_1_0: tuple[Rule, ...] = (
     Rule("NORM", N, "fixed", "normal ECG (only if nothing else is present)"),
     Rule("SR", N, "fixed", "sinus rhythm: rhythm only, never overrides"),
     Rule("SARRH", N, "fixed", "sinus arrhythmia is physiological"),
@@ -113,7 +118,118 @@ PTBXL_TABLE: tuple[Rule, ...] = (
     *(Rule(code, SA, "stadium", _MI) for code in
       ("IMI", "ILMI", "IPMI", "IPLMI", "ASMI", "AMI", "ALMI", "LMI", "PMI")),
 )
-RULES: dict[str, Rule] = {rule.code: rule for rule in PTBXL_TABLE}
+
+#: Rows that mapping 2.0 changes (triage.md §4, with the audit's reasons).
+CHANGES_2_0: dict[str, Rule] = {
+    "STE_": Rule("STE_", ANA, "fixed", "form statement without likelihood: early repolarisation, LVH or "
+                 "LBBB; a STEMI is coded as a stadium-I infarct (acute through the MI rows)"),
+    **{code: Rule(code, SA, "fixed", f"subendocardial injury, {where}: reports describe repolarisation "
+                  "changes (ischaemia for review within hours to days); acute only with a stadium-I infarct")
+       for code, where in (("INJAS", "anteroseptal"), ("INJAL", "anterolateral"), ("INJLA", "lateral"),
+                           ("INJIN", "inferior"), ("INJIL", "inferolateral"))},
+    "SBRAD": Rule("SBRAD", ANA, "rate", "usually benign; subacute if rate < 40 bpm (well tolerated, "
+                  "work-up within days)"),
+}
+TABLE_2_0: tuple[Rule, ...] = tuple(CHANGES_2_0.get(rule.code, rule) for rule in TABLE_1_0)
+
+#: Mapping 2.0: a NORM at likelihood 100 outranks these statements (descriptors, mostly from the
+#: cart's own software), SBRAD only at >= 40 bpm and STACH only at <= 150 bpm; QWAVE, BIGU,
+#: TRIGU, PACE and diagnostic codes do not qualify.
+NORM_OUTRANKS = frozenset({"SBRAD", "STACH", "NT_", "TAB_", "LOWT", "VCLVH", "HVOLT", "LPR", "ABQRS",
+                           "PAC", "PVC", "PRC(S)", "STE_"})
+NORMAL_STATEMENTS = frozenset({"NORM", "SR", "SARRH"})
+
+
+@dataclass(frozen=True)
+class TriageMapping:
+    """One version of the SCP statement -> triage mapping."""
+
+    version: str
+    table: tuple[Rule, ...]
+    brady_category: TriageCategory  # sinus bradycardia below EXTREME_BRADY_BPM
+    norm_outranks: frozenset[str] = frozenset()  # empty: NORM never outranks anything
+
+    @property
+    def rules(self) -> dict[str, Rule]:
+        return {rule.code: rule for rule in self.table}
+
+
+MAPPINGS: dict[str, TriageMapping] = {
+    "1.0": TriageMapping("ptbxl-triage-map-1.0", TABLE_1_0, A),
+    "2.0": TriageMapping("ptbxl-triage-map-2.0", TABLE_2_0, SA, NORM_OUTRANKS),
+}
+DEFAULT_MAPPING = "2.0"
+MAPPING_VERSION = MAPPINGS[DEFAULT_MAPPING].version
+PTBXL_TABLE = MAPPINGS[DEFAULT_MAPPING].table
+RULES: dict[str, Rule] = MAPPINGS[DEFAULT_MAPPING].rules
+
+
+#: PTB-XL's description of each statement (scp_statements.csv, CC BY 4.0): the words a clinician
+#: reads beside a code in the result.
+SCP_DESCRIPTIONS: dict[str, str] = {
+    "NORM": "normal ECG", "SR": "sinus rhythm", "SARRH": "sinus arrhythmia",
+    "SBRAD": "sinus bradycardia", "STACH": "sinus tachycardia",
+    "NDT": "non-diagnostic T abnormalities", "NST_": "non-specific ST changes",
+    "NT_": "non-specific T-wave changes", "TAB_": "T-wave abnormality",
+    "LOWT": "low amplitude T-waves", "DIG": "digitalis-effect",
+    "LVH": "left ventricular hypertrophy",
+    "VCLVH": "voltage criteria (QRS) for left ventricular hypertrophy", "HVOLT": "high QRS voltage",
+    "SEHYP": "septal hypertrophy", "LAO/LAE": "left atrial overload/enlargement",
+    "RAO/RAE": "right atrial overload/enlargement", "LAFB": "left anterior fascicular block",
+    "LPFB": "left posterior fascicular block", "IRBBB": "incomplete right bundle branch block",
+    "CRBBB": "complete right bundle branch block", "ILBBB": "incomplete left bundle branch block",
+    "IVCD": "non-specific intraventricular conduction disturbance (block)",
+    "1AVB": "first degree AV block", "LPR": "prolonged PR interval", "ABQRS": "abnormal QRS",
+    "QWAVE": "Q waves present", "PAC": "atrial premature complex",
+    "PVC": "ventricular premature complex", "PRC(S)": "premature complex(es)",
+    "BIGU": "bigeminal pattern (unknown origin, SV or Ventricular)",
+    "TRIGU": "trigeminal pattern (unknown origin, SV or Ventricular)",
+    "PACE": "normal functioning artificial pacemaker", "CLBBB": "complete left bundle branch block",
+    "WPW": "Wolf-Parkinson-White syndrome", "LNGQT": "long QT-interval",
+    "RVH": "right ventricular hypertrophy",
+    "LVOLT": "low QRS voltages in the frontal and horizontal leads",
+    "EL": "electrolytic disturbance or drug (former EDIS)",
+    "ANEUR": "ST-T changes compatible with ventricular aneurysm",
+    "SVARR": "supraventricular arrhythmia", "ISC_": "non-specific ischemic",
+    "ISCAL": "ischemic in anterolateral leads", "ISCAS": "ischemic in anteroseptal leads",
+    "ISCAN": "ischemic in anterior leads", "ISCLA": "ischemic in lateral leads",
+    "ISCIN": "ischemic in inferior leads", "ISCIL": "ischemic in inferolateral leads",
+    "STD_": "non-specific ST depression", "INVT": "inverted T-waves", "AFIB": "atrial fibrillation",
+    "AFLT": "atrial flutter", "2AVB": "second degree AV block", "3AVB": "third degree AV block",
+    "SVTAC": "supraventricular tachycardia", "PSVT": "paroxysmal supraventricular tachycardia",
+    "STE_": "non-specific ST elevation", "INJAS": "subendocardial injury in anteroseptal leads",
+    "INJAL": "subendocardial injury in anterolateral leads",
+    "INJLA": "subendocardial injury in lateral leads",
+    "INJIN": "subendocardial injury in inferior leads",
+    "INJIL": "subendocardial injury in inferolateral leads",
+    "IMI": "inferior myocardial infarction", "ILMI": "inferolateral myocardial infarction",
+    "IPMI": "inferoposterior myocardial infarction",
+    "IPLMI": "inferoposterolateral myocardial infarction",
+    "ASMI": "anteroseptal myocardial infarction", "AMI": "anterior myocardial infarction",
+    "ALMI": "anterolateral myocardial infarction", "LMI": "lateral myocardial infarction",
+    "PMI": "posterior myocardial infarction",
+}
+
+
+def statement_vocabulary(mapping: str | TriageMapping | None = None) -> dict[str, list[str]]:
+    """Codes (the statement head's column order), descriptions and each statement's base
+    category under ``mapping``, as the checkpoint stores them."""
+    rules = get_mapping(mapping).rules
+    codes = list(statement_codes())
+    return {"codes": codes, "descriptions": [SCP_DESCRIPTIONS[c] for c in codes],
+            "categories": [rules[c].category.value for c in codes]}
+
+
+def get_mapping(mapping: str | TriageMapping | None = None) -> TriageMapping:
+    """A mapping by short name ("1.0", "2.0") or full version; ``None`` -> the default."""
+    if isinstance(mapping, TriageMapping):
+        return mapping
+    if mapping is None:
+        return MAPPINGS[DEFAULT_MAPPING]
+    for key, value in MAPPINGS.items():
+        if mapping in (key, value.version):
+            return value
+    raise ValueError(f"unknown mapping {mapping!r}; known: {sorted(MAPPINGS)}")
 
 
 def _stadium_category(record: Mapping[str, Any] | None) -> TriageCategory:
@@ -141,26 +257,46 @@ def _rate(record: Mapping[str, Any] | None) -> float:
     return rate
 
 
-def _rate_category(rule: Rule, rate: float) -> TriageCategory:
+def _rate_category(rule: Rule, rate: float, mapping: TriageMapping) -> TriageCategory:
     if math.isnan(rate):
         return rule.category
     if rule.code in ("AFIB", "AFLT") and (rate > AF_RAPID_BPM or rate < EXTREME_BRADY_BPM):
         return A
     if rule.code == "SBRAD" and rate < EXTREME_BRADY_BPM:
-        return A
+        return mapping.brady_category
     if rule.code == "STACH" and rate > EXTREME_TACHY_BPM:
         return A
     return rule.category
 
 
-def statement_category(code: str, record: Mapping[str, Any] | None = None) -> TriageCategory:
+def statement_category(code: str, record: Mapping[str, Any] | None = None,
+                       mapping: str | TriageMapping | None = None) -> TriageCategory:
     """Category of one statement in the context of its record (stadium, rate)."""
-    rule = RULES[code]
+    table = get_mapping(mapping)
+    rule = table.rules[code]
     if rule.rule == "stadium":
         return _stadium_category(record)
     if rule.rule == "rate":
-        return _rate_category(rule, _rate(record))
+        return _rate_category(rule, _rate(record), table)
     return rule.category
+
+
+def _norm_outranks(scp_codes: Mapping[str, float], record: Mapping[str, Any] | None,
+                   mapping: TriageMapping) -> bool:
+    """Mapping 2.0: NORM at 100 beside only descriptive statements -> the record is normal."""
+    if not mapping.norm_outranks or scp_codes.get("NORM") != 100.0:
+        return False
+    rate = _rate(record)
+    for code in counted_statements(scp_codes):
+        if code in NORMAL_STATEMENTS:
+            continue
+        if code not in mapping.norm_outranks:
+            return False
+        if code == "SBRAD" and rate < EXTREME_BRADY_BPM:
+            return False
+        if code == "STACH" and rate > EXTREME_TACHY_BPM:
+            return False
+    return True
 
 
 def counted_statements(scp_codes: Mapping[str, float]) -> list[str]:
@@ -171,54 +307,74 @@ def counted_statements(scp_codes: Mapping[str, float]) -> list[str]:
 
 def statement_codes() -> tuple[str, ...]:
     """Every SCP code of the table, in table order: the columns of the statement targets."""
-    return tuple(rule.code for rule in PTBXL_TABLE)
+    return tuple(rule.code for rule in TABLE_1_0)
 
 
-def triage_category(scp_codes: Mapping[str, float],
-                    record: Mapping[str, Any] | None = None) -> TriageCategory | None:
+def triage_category(scp_codes: Mapping[str, float], record: Mapping[str, Any] | None = None,
+                    mapping: str | TriageMapping | None = None) -> TriageCategory | None:
     """The triage category of a PTB-XL record, or None when no statement counts.
 
     ``record`` is the ptbxl_database.csv row (a dict or pandas Series) with
     ``heart_rate_bpm`` added; without it the rate rules fall back to their base category.
     Unknown statement codes raise KeyError: the table must cover every code.
     """
+    table = get_mapping(mapping)
+    counted = counted_statements(scp_codes)
+    rules = table.rules
+    unknown = [code for code in counted if code not in rules]
+    if unknown:
+        raise KeyError(unknown[0])
+    if _norm_outranks(scp_codes, record, table):
+        return N
     worst: TriageCategory | None = None
-    for code in counted_statements(scp_codes):
-        cat = statement_category(code, record)
+    for code in counted:
+        cat = statement_category(code, record, table)
         if worst is None or SEVERITY[cat] > SEVERITY[worst]:
             worst = cat
     return worst
 
 
-def deciding_statements(scp_codes: Mapping[str, float],
-                        record: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+def deciding_statements(scp_codes: Mapping[str, float], record: Mapping[str, Any] | None = None,
+                        mapping: str | TriageMapping | None = None) -> tuple[str, ...]:
     """The counted statements that set the record's category (the most severe ones).
 
     For reviewing the mapping: which rows put records into a category, e.g. which statements
     make the acute labels that a model scores like normal ECGs (decision 33).
     """
-    category = triage_category(scp_codes, record)
+    table = get_mapping(mapping)
+    category = triage_category(scp_codes, record, table)
     if category is None:
         return ()
+    if _norm_outranks(scp_codes, record, table):
+        return ("NORM",)
     return tuple(sorted(code for code in counted_statements(scp_codes)
-                        if statement_category(code, record) == category))
+                        if statement_category(code, record, table) == category))
 
 
-def mapping_table() -> list[dict[str, str]]:
+def mapping_table(mapping: str | TriageMapping | None = None) -> list[dict[str, str]]:
     """The table as plain rows (for the model card)."""
-    return [{**asdict(rule), "category": rule.category.value} for rule in PTBXL_TABLE]
+    return [{**asdict(rule), "category": rule.category.value} for rule in get_mapping(mapping).table]
 
 
-def mapping_hash() -> str:
+def mapping_hash(mapping: str | TriageMapping | None = None) -> str:
     """sha256 over the table and thresholds: proves which mapping a checkpoint used."""
-    payload = {"version": MAPPING_VERSION, "min_likelihood": MIN_LIKELIHOOD,
-               "rates": [AF_RAPID_BPM, EXTREME_BRADY_BPM, EXTREME_TACHY_BPM],
-               "table": mapping_table()}
+    table = get_mapping(mapping)
+    payload: dict[str, Any] = {"version": table.version, "min_likelihood": MIN_LIKELIHOOD,
+                               "rates": [AF_RAPID_BPM, EXTREME_BRADY_BPM, EXTREME_TACHY_BPM],
+                               "table": mapping_table(table)}
+    if table.norm_outranks:  # 1.0's hash stays what v1's checkpoint recorded
+        payload["brady"] = table.brady_category.value
+        payload["norm_outranks"] = sorted(table.norm_outranks)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def mapping_markdown() -> str:
+def mapping_markdown(mapping: str | TriageMapping | None = None) -> str:
     """The table in Markdown, one row per statement, for MODEL_CARD.md."""
+    table = get_mapping(mapping)
     lines = ["| SCP code | category | rule | rationale |", "|---|---|---|---|"]
-    lines += [f"| {r.code} | {r.category.value} | {r.rule} | {r.rationale} |" for r in PTBXL_TABLE]
+    lines += [f"| {r.code} | {r.category.value} | {r.rule} | {r.rationale} |" for r in table.table]
+    if table.norm_outranks:
+        lines.append(f"\nA NORM at likelihood 100 outranks {', '.join(sorted(table.norm_outranks))} "
+                     f"(SBRAD only at >= {EXTREME_BRADY_BPM:.0f} bpm, STACH only at <= "
+                     f"{EXTREME_TACHY_BPM:.0f} bpm): the record is normal.")
     return "\n".join(lines)

@@ -30,6 +30,14 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def macro_auc(truth: np.ndarray, scores: np.ndarray) -> float:
+    """Mean one-vs-rest AUC over the columns (statements) with both classes present, as the
+    PTB-XL benchmark's macro-AUC; NaN when no column qualifies."""
+    values = [auc(truth[:, j], scores[:, j]) for j in range(truth.shape[1])
+              if 0 < int(truth[:, j].sum()) < truth.shape[0]]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def per_class_c(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return np.array([auc(labels == k, probs[:, k]) for k in range(probs.shape[1])])
 

@@ -1,7 +1,8 @@
 """The daemon's decision policy, vectorised for evaluation, and the acute threshold choice.
 
-A record is "acute" when ``p_acute >= thresholds["acute"]`` (chosen on validation for a
-target sensitivity); otherwise it gets the most probable category (ties -> more urgent).
+A record is "acute" when ``p_acute >= thresholds["acute"]`` (chosen on validation for a flag
+budget or a target sensitivity); otherwise it gets the most probable of the categories
+without a threshold (ties -> more urgent).
 This mirrors ecg_gateway/triage/decide.py exactly (tests/test_metrics.py checks it), so the
 reported sensitivity/PPV are those of the deployed policy.
 """
@@ -23,12 +24,14 @@ def decide(probs: np.ndarray, thresholds: dict[str, float]) -> np.ndarray:
 
     Vectorised mirror of :func:`ecg_gateway.triage.decide.decide` (the daemon's policy):
     thresholded categories from most to least urgent, the first reached wins; otherwise the
-    argmax, ties going to the more urgent category.
+    argmax over the categories without a threshold, ties going to the more urgent category.
     """
     probs = np.asarray(probs, dtype=np.float64)
     k = probs.shape[1]
+    open_ = np.array([CATEGORY_ORDER[j].value not in thresholds for j in range(k)])
+    masked = np.where(open_ if open_.any() else np.ones(k, dtype=bool), probs, -np.inf)
     # argmax with ties to the highest index: argmax over the reversed columns
-    out = k - 1 - np.argmax(probs[:, ::-1], axis=1)
+    out = k - 1 - np.argmax(masked[:, ::-1], axis=1)
     decided = np.zeros(len(probs), dtype=bool)
     result = out.copy()
     for index in reversed(range(k)):
@@ -54,6 +57,36 @@ def choose_acute_threshold(labels: np.ndarray, probs: np.ndarray, target: float 
     return float(np.clip(p_pos[need - 1], 0.0, 1.0))
 
 
+def budget_threshold(probs: np.ndarray, budget: float) -> float:
+    """The acute threshold that flags a ``budget`` share of these ECGs (triage.md §5): the
+    (1 - budget) quantile of p(acute), so that ``p >= t`` holds for about that share."""
+    p = np.sort(np.asarray(probs)[:, ACUTE_INDEX])
+    if p.size == 0:
+        return 0.5
+    k = int(math.ceil(budget * p.size - 1e-9))  # flag the k highest
+    return float(np.clip(p[p.size - max(1, k)], 0.0, 1.0))
+
+
+FLAG_BUDGETS = (0.05, 0.10, 0.15, 0.20)
+#: A statement is never reported below this probability, whatever its fold-9 optimum.
+MIN_STATEMENT_THRESHOLD = 0.1
+
+
+def statement_thresholds(truth: np.ndarray, probs: np.ndarray) -> list[float]:
+    """Per statement, the threshold with the best F1 on these (fold-9) records, at least
+    :data:`MIN_STATEMENT_THRESHOLD`; 1.0 (never reported) for a statement absent here."""
+    out = []
+    for j in range(truth.shape[1]):
+        y, p = truth[:, j].astype(bool), probs[:, j].astype(np.float64)
+        if not y.any():
+            out.append(1.0)
+            continue
+        order = np.argsort(-p)
+        tp = np.cumsum(y[order])
+        f1 = 2 * tp / (np.arange(1, p.size + 1) + y.sum())  # flag the top k: 2TP / (k + P)
+        best = int(np.argmax(f1))
+        out.append(float(np.clip(p[order][best], MIN_STATEMENT_THRESHOLD, 1.0)))
+    return out
 THRESHOLD_RULES = ("point", "lower-bound")
 
 

@@ -51,8 +51,10 @@ def test_round_trip_gives_the_same_probabilities(tmp_path: Path) -> None:
     np.testing.assert_allclose(probs, want, atol=1e-6)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     payload = torch.load(path, weights_only=True)
-    assert not any(k.startswith("aux.") for k in payload["state_dict"])
+    assert payload["format"] == "ecg-gateway.triage/2" and len(payload["members"]) == 1
+    assert not any(k.startswith("aux.") for k in payload["members"][0])
     assert payload["arch_kwargs"]["aux_head"] is False
+    assert model.n_statements == 0 and model.predict_full(x)[1].shape == (3, 0)
 
 
 def test_class_order_is_mapped_to_category_order(tmp_path: Path) -> None:
@@ -108,9 +110,15 @@ def test_pickled_code_is_never_run(tmp_path: Path) -> None:
     (lambda p: p["contract"].update(length=500), "does not match the input contract"),
     (lambda p: p.update(class_order=["normal", "acute"]), "class_order"),
     (lambda p: p.update(thresholds={"acute": 1.5}), "thresholds"),
-    (lambda p: p["state_dict"].pop("head.4.bias"), "weights do not fit"),
-    (lambda p: p["state_dict"].update({"head.4.bias": torch.zeros(7)}), "weights do not fit"),
-    (lambda p: p["state_dict"].update({"head.4.bias": torch.full((4,), float("nan"))}), "non-finite"),
+    (lambda p: p.update(members=[]), "no weights"),
+    (lambda p: p.update(acute_flag_budgets={"1.5": 0.1}), "flag budgets"),
+    (lambda p: p.update(windows={"length": 250, "stride": 125}), "does not match the input contract"),
+    (lambda p: p.update(statements={"codes": ["NORM"], "descriptions": ["normal ECG"],
+                                    "categories": ["normal"], "thresholds": [0.5]}), "statement head"),
+    (lambda p: p.update(statements={"codes": ["NORM"]}), "bad windows, statements"),
+    (lambda p: p["members"][0].pop("head.4.bias"), "weights do not fit"),
+    (lambda p: p["members"][0].update({"head.4.bias": torch.zeros(7)}), "weights do not fit"),
+    (lambda p: p["members"][0].update({"head.4.bias": torch.full((4,), float("nan"))}), "non-finite"),
 ])
 def test_inconsistent_checkpoints_are_refused(tmp_path: Path, mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "m.pt"

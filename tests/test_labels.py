@@ -20,6 +20,7 @@ from model_training.labels import (
     PTBXL_TABLE,
     RULES,
     deciding_statements,
+    get_mapping,
     mapping_hash,
     mapping_markdown,
     triage_category,
@@ -37,8 +38,12 @@ def test_table_covers_every_scp_statement_once() -> None:
     assert len(codes) == 71
     assert set(RULES) == codes and len(PTBXL_TABLE) == 71
     assert all(rule.rationale for rule in PTBXL_TABLE)
-    assert mapping_markdown().count("\n") == 72  # header, rule, one row per statement
-    assert len(mapping_hash()) == 64 and MAPPING_VERSION.startswith("ptbxl-triage-map-")
+    assert mapping_markdown("1.0").count("\n") == 72  # header, rule, one row per statement
+    assert mapping_markdown("2.0").count("\n") == 74  # and the NORM rule below the table
+    assert len(mapping_hash()) == 64 and MAPPING_VERSION == "ptbxl-triage-map-2.0"
+    assert mapping_hash("1.0") != mapping_hash("2.0") == mapping_hash()
+    with pytest.raises(ValueError, match="unknown mapping"):
+        get_mapping("3.0")
 
 
 @pytest.mark.parametrize(("codes", "record", "expected"), [
@@ -70,8 +75,39 @@ def test_table_covers_every_scp_statement_once() -> None:
     ({"STACH": 0.0}, {"heart_rate_bpm": 160.0}, A),
     ({"STACH": 0.0}, {"heart_rate_bpm": 115.0}, ANA),
 ])
-def test_triage_category(codes: dict[str, float], record: dict | None, expected: TriageCategory | None) -> None:
-    assert triage_category(codes, record) == expected
+def test_triage_category_mapping_1_0(codes: dict[str, float], record: dict | None,
+                                     expected: TriageCategory | None) -> None:
+    assert triage_category(codes, record, "1.0") == expected
+
+
+@pytest.mark.parametrize(("codes", "record", "expected"), [
+    ({"STE_": 0.0, "NST_": 100.0, "SR": 0.0}, None, ANA),  # early repolarisation is not acute
+    ({"INJAS": 50.0, "SR": 0.0}, None, SA),  # subendocardial injury: review within hours to days
+    ({"ASMI": 100.0, "INJAS": 50.0}, {"infarction_stadium1": "Stadium I"}, A),  # acute through the MI
+    ({"SBRAD": 0.0}, {"heart_rate_bpm": 36.0}, SA),
+    ({"NORM": 100.0, "SBRAD": 0.0, "SR": 0.0}, {"heart_rate_bpm": 52.0}, N),  # the verdict outranks
+    ({"NORM": 100.0, "SBRAD": 0.0}, {"heart_rate_bpm": 36.0}, SA),  # ... not a brady below 40
+    ({"NORM": 100.0, "STACH": 0.0}, {"heart_rate_bpm": 160.0}, A),  # ... nor a tachy above 150
+    ({"NORM": 100.0, "STE_": 0.0, "VCLVH": 0.0, "ABQRS": 0.0}, None, N),
+    ({"NORM": 80.0, "VCLVH": 0.0}, None, ANA),  # only a NORM at 100 outranks
+    ({"NORM": 100.0, "QWAVE": 0.0}, None, ANA),  # Q waves do not qualify
+    ({"NORM": 100.0, "IRBBB": 100.0}, None, ANA),  # nor a diagnostic code
+    ({"NORM": 100.0, "VCLVH": 0.0, "ISC_": 35.0}, None, N),  # a statement that does not count
+    ({"AFIB": 0.0}, {"heart_rate_bpm": 130.0}, A),  # unchanged: rapid AF
+    ({"IMI": 100.0}, {"infarction_stadium1": "unknown"}, SA),  # unchanged: unknown stadium
+])
+def test_triage_category_mapping_2_0(codes: dict[str, float], record: dict | None,
+                                     expected: TriageCategory | None) -> None:
+    assert triage_category(codes, record) == triage_category(codes, record, "2.0") == expected
+
+
+def test_mapping_2_0_on_the_audited_ptbxl_rows() -> None:
+    """triage.md §4's examples: STE_ beside a cardiologist's NORM, injury without a stadium."""
+    table = load_ptbxl_table(shared_data("ptbxl"))
+    for ecg_id, before, after in ((2639, A, N), (1600, A, N), (5459, A, N), (4071, A, N), (5616, A, SA)):
+        row = {**table.loc[ecg_id].to_dict(), "heart_rate_bpm": 70.0}
+        assert (triage_category(row["scp_codes"], row, "1.0"), triage_category(row["scp_codes"], row)) == (
+            before, after), ecg_id
 
 
 def test_unknown_statement_is_an_error_not_a_silent_normal() -> None:
@@ -132,7 +168,12 @@ def test_ptbxl_table_drops_the_38_v103_duplicates_and_reads_labels() -> None:
     ({"ISC_": 15.0}, None, ()),
 ])
 def test_deciding_statements(codes: dict[str, float], record: dict | None, expected: tuple[str, ...]) -> None:
-    assert deciding_statements(codes, record) == expected
+    assert deciding_statements(codes, record, "1.0") == expected
+
+
+def test_deciding_statements_name_the_verdict_that_outranks() -> None:
+    assert deciding_statements({"NORM": 100.0, "SBRAD": 0.0, "SR": 0.0}, {"heart_rate_bpm": 55.0}) == ("NORM",)
+    assert deciding_statements({"STE_": 0.0, "NST_": 100.0}) == ("NST_", "STE_")
 
 
 def test_label_sources_counts_the_statements_that_set_each_label() -> None:
@@ -234,3 +275,32 @@ def test_cache_write_is_all_or_nothing(tmp_path) -> None:  # type: ignore[no-unt
         cache.save(arrays(Unreadable()), out)
     assert cache.load(out).signals.sum() == 2 * 8 * 1000
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+def test_cache_relabels_under_either_mapping_and_builds_likelihood_targets(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One cache serves both mappings: the likelihoods, stadia and rates are enough to relabel."""
+    from model_training import cache
+    from model_training.labels import statement_codes
+
+    rows = [{"NORM": 100.0, "STE_": 0.0, "SR": 0.0}, {"INJAS": 50.0, "LVH": 15.0},
+            {"IMI": 100.0, "INJIN": 100.0}, {"ISC_": 15.0}]
+    likelihoods = cache.likelihoods(rows)
+    stadium = np.array([["", ""], ["", ""], ["Stadium I", ""], ["", ""]], dtype="<U16")
+    labels = np.array([CATEGORY_ORDER.index(triage_category(r, None, "2.0")) if triage_category(r, None, "2.0")
+                       else -1 for r in rows], np.int8)
+    arrays = PtbxlArrays(np.zeros((4, 8, 1000), np.int16), np.arange(4), np.array([1, 1, 9, 10]), labels,
+                         np.full(4, 70.0, np.float32), "h", MAPPING_VERSION, cache.statement_targets(rows),
+                         likelihoods, stadium, "ab" * 32)
+    cache.save(arrays, tmp_path / "c.npz")
+    back = cache.load(tmp_path / "c.npz")
+    assert back.data_digest == "ab" * 32 and back.scp_codes(1) == rows[1]
+    old = back.with_mapping("1.0")
+    assert old.mapping_version == "ptbxl-triage-map-1.0" and old.manifest_hash != back.manifest_hash
+    assert [CATEGORY_ORDER[k].value if k >= 0 else None for k in old.label] == ["acute", "acute", "acute", None]
+    assert [CATEGORY_ORDER[k].value if k >= 0 else None for k in old.with_mapping("2.0").label] == [
+        "normal", "subacute", "acute", None]
+    targets, truth = back.statement_targets(), back.statement_truth()
+    column = {code: j for j, code in enumerate(statement_codes())}
+    assert targets[0, column["STE_"]] == 1.0 and targets[1, column["INJAS"]] == 0.5
+    assert targets[1, column["LVH"]] == pytest.approx(0.15) and targets[3, column["NORM"]] == 0.0
+    assert truth[1, column["LVH"]] == 1 and truth.sum() == 8  # every listed statement, any likelihood

@@ -107,18 +107,34 @@ def test_arch_kwargs_rebuild_and_no_aux() -> None:
     assert main.shape == (1, 4) and aux is None
 
 
-def test_statement_head_is_training_only() -> None:
-    """The multi-label statement head reads the main head's hidden layer and never ships."""
+def test_statement_head_reads_the_hidden_layer_and_ships_only_when_asked() -> None:
+    """The multi-label statement head reads the main head's hidden layer; ``forward`` returns
+    the triage logits, then the statement logits; without it the inference net is v1's."""
     torch.manual_seed(0)
     net = TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16, n_statements=71).eval()
     x = torch.randn(2, 8, 1000)
     main, _, statements = net.forward_train(x)
     assert statements is not None and statements.shape == (2, 71)
-    torch.testing.assert_close(main, net(x))  # same main logits with or without the extra head
+    torch.testing.assert_close(torch.cat((main, statements), dim=1), net(x))
     kept = net.inference_state_dict()
     assert not any(k.startswith(("aux.", "statements.")) for k in kept)
     plain = TriageNet(**{**net.arch_kwargs(), "aux_head": False, "n_statements": 0})
     plain.load_state_dict(kept)  # strict: the inference net needs nothing else
+    torch.testing.assert_close(plain.eval()(x), main)
+    with_head = net.inference_state_dict(statements=True)
+    assert any(k.startswith("statements.") for k in with_head) and not any(k.startswith("aux.") for k in with_head)
+
+
+def test_pool_head_reads_any_length() -> None:
+    """Concat pooling: a crop-trained net runs on 2.5 s windows and on the whole 10 s alike."""
+    torch.manual_seed(0)
+    net = TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16, head="pool", length=250,
+                    n_statements=5).eval()
+    for length in (250, 1000, 333):
+        assert net(torch.randn(3, 8, length)).shape == (3, 4 + 5)
+    assert net.arch_kwargs()["head"] == "pool" and "head" not in TriageNet().arch_kwargs()
+    with pytest.raises(ValueError, match="head"):
+        TriageNet(head="attention")
 
 
 def test_eval_output_does_not_depend_on_batch() -> None:

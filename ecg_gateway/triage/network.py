@@ -12,8 +12,12 @@ the group's public code (docs: triage.md §1.3):
   auxiliary head of the same shape reads the middle of the body (after group 2); it only
   serves the training loss (0.3·L_aux + L_main) and is not saved in inference checkpoints.
   Optionally (``n_statements``) a linear multi-label head on the main head's hidden layer
-  predicts the diagnostic statements the triage label was derived from: richer supervision
-  for the same features, also training-only.
+  predicts the SCP statements; ``forward`` then returns the triage logits followed by the
+  statement logits (``[N, n_classes + n_statements]``), so one graph serves both.
+* ``head="pool"`` replaces the Flatten by concatenated average and max pooling over time
+  (as the PTB-XL benchmark's xresnet1d): the net then reads any input length, which lets
+  it train on random 2.5 s crops and serve sliding windows (triage.md §6); ``length`` is
+  then the window it was trained on.
 
 3 + 16·2 + 2 = 37 layers. Sampling rate, length, leads, widths and depth are constructor
 arguments so the paper's net (8 leads, 500 Hz, 5000 samples) and the PTB-XL variant
@@ -104,8 +108,18 @@ class ResidualBlock(nn.Module):
         return torch.cat((self.plain(x), self.dilated(x)), dim=1) + self.shortcut(x)
 
 
-def _head(in_features: int, hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+class ConcatPool(nn.Module):
+    """``[N, C, ..., L]`` → ``[N, 2C]``: mean and max over time, concatenated. Works on the
+    channels-last ``[N, C, 1, L]`` tensors of the CPU rewrite as well."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat((x.mean(dim=-1).flatten(1), x.amax(dim=-1).flatten(1)), dim=1)
+
+
+def _head(in_features: int, hidden: int, n_classes: int, dropout: float,
+          pool: bool = False) -> nn.Sequential:
+    first: nn.Module = ConcatPool() if pool else nn.Flatten()
+    return nn.Sequential(first, nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
 
@@ -123,12 +137,14 @@ class TriageNet(nn.Module):
                  stem_channels: int = 32, widths: tuple[int, ...] = (64, 128, 256, 512),
                  blocks_per_group: int = 4, kernel_size: int = 5, dilation: int | None = None,
                  dropout: float = 0.3, fc_hidden: int = 256, aux_head: bool = True,
-                 n_statements: int = 0) -> None:
+                 n_statements: int = 0, head: str = "flatten") -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         if in_leads < 1 or n_classes < 2 or length < 16 or fs <= 0 or not widths:
             raise ValueError("need in_leads >= 1, n_classes >= 2, length >= 16, fs > 0, widths")
+        if head not in ("flatten", "pool"):
+            raise ValueError(f"head must be 'flatten' or 'pool', got {head!r}")
         dilation = default_dilation(fs) if dilation is None else int(dilation)
         self._kwargs: dict[str, Any] = dict(
             in_leads=in_leads, n_classes=n_classes, fs=float(fs), length=int(length),
@@ -137,6 +153,8 @@ class TriageNet(nn.Module):
             dropout=float(dropout), fc_hidden=fc_hidden, aux_head=bool(aux_head),
             n_statements=int(n_statements),
         )
+        if head != "flatten":  # absent in v1 checkpoints, which rebuild with the default
+            self._kwargs["head"] = head
         first = widths[0]
         self.stem = nn.Sequential(
             nn.Conv1d(in_leads, stem_channels, kernel_size=7, stride=2, padding=3, bias=False),
@@ -158,9 +176,11 @@ class TriageNet(nn.Module):
         self.groups = nn.ModuleList(groups)
         self.aux_at = len(widths) // 2 - 1  # output of this group feeds the auxiliary head
         self.final = nn.Sequential(nn.BatchNorm1d(in_ch), nn.ReLU(inplace=True))
-        self.head = _head(in_ch * lengths[-1], fc_hidden, n_classes, dropout)
-        self.aux = (_head(widths[self.aux_at] * lengths[self.aux_at], fc_hidden, n_classes, dropout)
-                    if aux_head else None)
+        pool = head == "pool"
+        self.n_classes = n_classes
+        self.head = _head(2 * in_ch if pool else in_ch * lengths[-1], fc_hidden, n_classes, dropout, pool)
+        aux_in = widths[self.aux_at] * (2 if pool else lengths[self.aux_at])
+        self.aux = _head(aux_in, fc_hidden, n_classes, dropout, pool) if aux_head else None
         self.statements = nn.Linear(fc_hidden, n_statements) if n_statements else None
         self.feature_lengths = tuple(lengths)
 
@@ -185,9 +205,12 @@ class TriageNet(nn.Module):
         return self.final(x), mid
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x [N, in_leads, length]`` (float) -> logits ``[N, n_classes]``."""
+        """``x [N, in_leads, length]`` (float) -> logits ``[N, n_classes (+ n_statements)]``."""
         features, _ = self._body(x)
-        return self.head(features)
+        if self.statements is None:
+            return self.head(features)
+        hidden = self.head[:-1](features)
+        return torch.cat((self.head[-1](hidden), self.statements(hidden)), dim=1)
 
     def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``x [N, in_leads, length]`` -> ``(main_logits, aux_logits, statement_logits)``:
@@ -198,7 +221,8 @@ class TriageNet(nn.Module):
         statements = self.statements(hidden) if self.statements is not None else None
         return self.head[-1](hidden), aux, statements
 
-    def inference_state_dict(self) -> dict[str, Tensor]:
-        """The weights an inference checkpoint needs (the training-only heads left out)."""
-        return {k: v for k, v in self.state_dict().items()
-                if not k.startswith(("aux.", "statements."))}
+    def inference_state_dict(self, statements: bool = False) -> dict[str, Tensor]:
+        """The weights an inference checkpoint needs: the auxiliary head left out, and the
+        statement head unless ``statements``."""
+        dropped = ("aux.",) if statements else ("aux.", "statements.")
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(dropped)}

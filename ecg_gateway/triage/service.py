@@ -15,12 +15,14 @@ import numpy as np
 from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
-from ecg_gateway.triage.decide import decide
-from ecg_gateway.triage.model import TriageModel
+from ecg_gateway.triage.decide import decide, explain
+from ecg_gateway.triage.model import StatementVocabulary, TriageModel
 from ecg_gateway.triage.preprocess import preprocess
 from ecg_gateway.triage.quality import QualityReport, assess
 
 CATEGORY_NAMES = tuple(c.value for c in CATEGORY_ORDER)
+#: At most this many statements are reported per ECG (issue #26: the evidence a clinician reads).
+MAX_STATEMENTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,18 +73,42 @@ class Triager:
         """Outcomes in input order. Model failures (e.g. out of memory) propagate."""
         prepared = [self._prepare(ecg) for ecg in ecgs]
         inputs = [x for _, x in prepared if x is not None]
-        probs = iter(self.model.predict(np.stack(inputs)) if inputs else [])
+        triage_p, statement_p = self.model.predict_full(np.stack(inputs)) if inputs else ([], [])
+        probs, found = iter(triage_p), iter(statement_p)
         outcomes = []
         for report, x in prepared:
             p = next(probs) if x is not None else None
+            q = next(found) if x is not None else None
+            statements: tuple[Statement, ...] = ()
             if report.ok and p is not None:
-                category = decide(p, self.model.thresholds).value
+                decided = decide(p, self.model.thresholds)
+                category = decided.value
+                rule = explain(p, self.model.thresholds, decided, self.model.acute_budget)
+                statements = select_statements(q, self.model.statements, category)
             else:
                 category = UNINTERPRETABLE
+                rule = DecisionRule("quality", "UNINTERPRETABLE: signal quality insufficient for automated "
+                                    "triage" + (f" ({', '.join(report.reasons)})" if report.reasons else ""))
             outcomes.append(TriageOutcome(
                 category=category,
                 probabilities=None if p is None else {n: float(v) for n, v in zip(CATEGORY_NAMES, p, strict=True)},
+                statements=statements, decision=rule,
                 quality=report, model_id=self.model.model_id, model_sha256=self.model.sha256,
                 placeholder=self.model.placeholder,
             ))
         return outcomes
+
+
+def select_statements(probs: np.ndarray | None, vocabulary: StatementVocabulary | None,
+                      category: str) -> tuple[Statement, ...]:
+    """The statements at or above their fold-9 thresholds, those behind ``category`` first
+    (same base category), then the more severe, then the more probable; at most
+    :data:`MAX_STATEMENTS`. Empty without a statement head."""
+    if vocabulary is None or probs is None or len(probs) != len(vocabulary.codes):
+        return ()
+    order = {name: i for i, name in enumerate(CATEGORY_NAMES)}
+    hits = [j for j, t in enumerate(vocabulary.thresholds) if probs[j] >= t]
+    hits.sort(key=lambda j: (vocabulary.categories[j] != category, -order[vocabulary.categories[j]],
+                             -float(probs[j])))
+    return tuple(Statement(vocabulary.codes[j], vocabulary.descriptions[j], float(probs[j]))
+                 for j in hits[:MAX_STATEMENTS])
