@@ -38,11 +38,9 @@ def _load_or_build(args: argparse.Namespace):  # noqa: ANN202
 def cmd_labels(args: argparse.Namespace) -> int:
     from model_training.card import counts_markdown
     from model_training.export import class_counts_per_fold
-    from model_training.labels import MAPPING_VERSION
-
-    arrays = _load_or_build(args)
+    arrays = _load_or_build(args).with_mapping(args.mapping)
     counts = class_counts_per_fold(arrays)
-    print(f"mapping {MAPPING_VERSION}\n{counts_markdown(counts)}")
+    print(f"mapping {arrays.mapping_version}\n{counts_markdown(counts)}")
     report: dict = {"counts": counts}
     if args.sources:
         from model_training.datasets import load_ptbxl_table
@@ -98,23 +96,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from model_training.pack import pack
+
+    summary = pack([Path(r) for r in args.runs], _load_or_build(args), Path(args.out), mapping=args.mapping,
+                   max_cost=args.max_cost, half=not args.full, model_id=args.model_id)
+    print(json.dumps({k: summary[k] for k in ("members", "layout", "triage_aggregation",
+                                              "statement_aggregation", "fold9", "bytes")}, default=float))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model_training.export import run
 
     card = run(Path(args.checkpoint), [Path(p) for p in args.cache] if len(args.cache) > 1
                else Path(args.cache[0]), Path(args.cinc), Path(args.report_dir), Path(args.card),
                n_boot=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
-               threshold_rule=args.threshold_rule, ship_to=Path(args.ship) if args.ship else None,
+               threshold_rule=args.threshold_rule, budget=args.budget, ship_to=Path(args.ship) if args.ship else None,
                commands=args.command_log or [], extra=json.loads(args.extra) if args.extra else {},
                ptbxl_root=Path(args.ptbxl))
-    for name in ("ptbxl_fold10", "cinc_external"):
+    print(f"ptbxl_fold9: {json.dumps(card['evaluation']['ptbxl_fold9'], default=float)}")
+    for name in ("ptbxl_fold10", "ptbxl_fold10_mapping_1_0", "cinc_external"):
         res = card["evaluation"][name]
         m = res["metrics"]
         print(f"{name}: n={res['n']} overall_c={m['overall_c']['value'][0]} "
               f"({m['overall_c']['ci_low'][0]}-{m['overall_c']['ci_high'][0]}) pdi={m['pdi']['value'][0]} "
               f"({m['pdi']['ci_low'][0]}-{m['pdi']['ci_high'][0]}) acute_sens={m['sensitivity']['value'][3]}")
+    for row in card["evaluation"]["flag_budgets"]:
+        cells = "; ".join(f"{k}: sens {v['sensitivity']['value']} ppv {v['ppv']['value']} flagged "
+                          f"{v['flagged']['value']}" for k, v in row.items() if isinstance(v, dict))
+        print(f"budget {row['budget']:g} (t={row['threshold']:.4g}): {cells}")
+    if "statements_fold10" in card["evaluation"]:
+        print(f"statements_fold10: {card['evaluation']['statements_fold10']['macro_auc']}")
     print(f"threshold {card['thresholds']}; sha256 {card['sha256']}")
     return 0
+
+
+def _share(text: str) -> float:
+    """argparse type: a share in (0, 1)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
 
 
 def _sensitivity(text: str) -> float:
@@ -139,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("labels", help="class counts per fold under the triage mapping")
     data_args(p)
     p.add_argument("--json", help="also write the counts (and sources) here")
+    p.add_argument("--mapping", choices=["1.0", "2.0"], default="2.0", help="label mapping version")
     p.add_argument("--sources", action="store_true",
                    help="also count, per category, the statements that set each record's label")
     p.set_defaults(func=cmd_labels)
@@ -191,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("pack", help="the shipped model from trained members, every choice made on fold 9")
+    data_args(p)
+    p.add_argument("runs", nargs="+", help="training output folders (each with model.pt)")
+    p.add_argument("--out", required=True, help="the checkpoint to write (and OUT.json with the choices)")
+    p.add_argument("--mapping", choices=["1.0", "2.0"], default="2.0")
+    p.add_argument("--max-cost", type=int, default=16,
+                   help="most members x windows per ECG (the inference budget; the whole record counts 4)")
+    p.add_argument("--full", action="store_true", help="float32 weights (default: float16)")
+    p.add_argument("--model-id", default="ecg-triage-ptbxl100-v2")
+    p.set_defaults(func=cmd_pack)
+
     p = sub.add_parser("evaluate", help="fold 10 + CinC metrics, plots, model card; --ship")
     data_args(p)
     p.add_argument("--checkpoint", required=True)
@@ -202,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-sensitivity", type=_sensitivity, default=0.95,
                    help="acute sensitivity the fold-9 threshold must reach (a ward's operating point)")
-    p.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=THRESHOLD_RULES[0],
-                   help="point: the fold-9 sensitivity reaches the target; lower-bound: its 2.5th "
-                        "bootstrap percentile does (a margin that costs many false alarms, decision 33)")
+    p.add_argument("--threshold-rule", choices=("budget", *THRESHOLD_RULES), default="budget",
+                   help="budget: the threshold flags --budget of fold-9 ECGs (decision 38); point: the "
+                        "fold-9 sensitivity reaches --target-sensitivity; lower-bound: its 2.5th bootstrap "
+                        "percentile does (decision 33)")
+    p.add_argument("--budget", type=_share, default=0.10, help="share of ECGs the acute flag may take")
     p.add_argument("--ship", help="write the evaluated checkpoint here (e.g. the package default)")
     p.add_argument("--command-log", nargs="*", help="commands to list in the card")
     p.add_argument("--extra", help="JSON with training_note / reproducibility text for the card")

@@ -93,8 +93,9 @@ class CincDataset:
     (``exclude_ptbxl``) because the model was trained on PTB-XL.
     """
 
-    def __init__(self, root: str | Path, exclude_ptbxl: bool = True) -> None:
+    def __init__(self, root: str | Path, exclude_ptbxl: bool = True, mapping: str = "2.0") -> None:
         self.root = Path(root)
+        self.mapping = mapping
         headers = sorted(self.root.rglob("*.hea"))
         self.headers = [h for h in headers if not (exclude_ptbxl and h.name.startswith("HR"))]
 
@@ -106,7 +107,7 @@ class CincDataset:
         ecg = read_wfdb(hea)
         codes = [c for c in header_comments(hea).get("Dx", "").split(",") if c.strip()]
         rate = heart_rate_bpm(ecg.signal, ecg.fs)
-        label = snomed_category(codes, rate) if codes else None
+        label = snomed_category(codes, rate, self.mapping) if codes else None
         meta = {"dx": codes, "heart_rate_bpm": rate, "source": _cinc_source(hea.name)}
         return LabeledEcg(ecg, label, hea.stem, meta)
 

@@ -34,11 +34,20 @@ class Predictions:
 
 
 def predict_ecgs(model: TriageModel, ecgs: list[Ecg], batch_size: int = 256) -> np.ndarray:
-    out = []
+    return predict_ecgs_full(model, ecgs, batch_size)[0]
+
+
+def predict_ecgs_full(model: TriageModel, ecgs: list[Ecg], batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Triage ``[N, 4]`` and statement ``[N, S]`` probabilities, as the daemon computes them."""
+    triage, statements = [], []
     for start in range(0, len(ecgs), batch_size):
         batch = np.stack([preprocess(e, model.contract) for e in ecgs[start:start + batch_size]])
-        out.append(model.predict(batch))
-    return np.concatenate(out) if out else np.zeros((0, K), dtype=np.float32)
+        t, s = model.predict_full(batch)
+        triage.append(t)
+        statements.append(s)
+    if not triage:
+        return np.zeros((0, K), dtype=np.float32), np.zeros((0, model.n_statements), dtype=np.float32)
+    return np.concatenate(triage), np.concatenate(statements)
 
 
 def evaluate_set(pred: Predictions, thresholds: dict[str, float], n_boot: int, seed: int) -> dict[str, Any]:

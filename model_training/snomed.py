@@ -23,7 +23,8 @@ from model_training.labels import (
     N,
 )
 
-SNOMED_VERSION = "cinc2021-triage-map-1.0"
+SNOMED_VERSIONS = {"1.0": "cinc2021-triage-map-1.0", "2.0": "cinc2021-triage-map-2.0"}
+SNOMED_VERSION = SNOMED_VERSIONS["2.0"]
 
 # code: (abbreviation, category, rule, rationale); rule "af"/"brady"/"tachy" = rate rule
 SNOMED_TABLE: dict[str, tuple[str, TriageCategory, str, str]] = {
@@ -159,8 +160,20 @@ SNOMED_TABLE: dict[str, tuple[str, TriageCategory, str, str]] = {
 }
 
 
-def _code_category(code: str, rate: float) -> TriageCategory | None:
-    row = SNOMED_TABLE.get(code)
+#: Mapping 2.0's changes carried over to the SNOMED codes that mirror the changed PTB-XL rows.
+CHANGES_2_0: dict[str, tuple[str, TriageCategory, str, str]] = {
+    "164931005": ("STE", ANA, "fixed", "as STE_ (mapping 2.0: early repolarisation, LVH, LBBB)"),
+    "413444003": ("AMIs", SA, "fixed", "as INJ* (mapping 2.0: review within hours to days)"),
+}
+
+
+def snomed_table(mapping: str = "2.0") -> dict[str, tuple[str, TriageCategory, str, str]]:
+    """The SNOMED table under a mapping version ("1.0" or "2.0")."""
+    return {**SNOMED_TABLE, **CHANGES_2_0} if mapping == "2.0" else dict(SNOMED_TABLE)
+
+
+def _code_category(code: str, rate: float, mapping: str = "2.0") -> TriageCategory | None:
+    row = snomed_table(mapping).get(code)
     if row is None:
         return None
     _, cat, rule, _ = row
@@ -169,24 +182,25 @@ def _code_category(code: str, rate: float) -> TriageCategory | None:
     if rule == "af" and (rate > AF_RAPID_BPM or rate < EXTREME_BRADY_BPM):
         return A
     if rule == "brady" and rate < EXTREME_BRADY_BPM:
-        return A
+        return A if mapping == "1.0" else SA
     if rule == "tachy" and rate > EXTREME_TACHY_BPM:
         return A
     return cat
 
 
-def snomed_category(codes: Iterable[str], heart_rate_bpm: float = math.nan) -> TriageCategory | None:
+def snomed_category(codes: Iterable[str], heart_rate_bpm: float = math.nan,
+                    mapping: str = "2.0") -> TriageCategory | None:
     """Most severe category over the mapped codes; None if no code is in the table."""
     worst: TriageCategory | None = None
     for code in codes:
-        cat = _code_category(code.strip(), heart_rate_bpm)
+        cat = _code_category(code.strip(), heart_rate_bpm, mapping)
         if cat is not None and (worst is None or SEVERITY[cat] > SEVERITY[worst]):
             worst = cat
     return worst
 
 
-def snomed_markdown() -> str:
+def snomed_markdown(mapping: str = "2.0") -> str:
     lines = ["| SNOMED | abbr. | category | rule | rationale |", "|---|---|---|---|---|"]
     lines += [f"| {code} | {abbr} | {cat.value} | {rule} | {why} |"
-              for code, (abbr, cat, rule, why) in SNOMED_TABLE.items()]
+              for code, (abbr, cat, rule, why) in snomed_table(mapping).items()]
     return "\n".join(lines)

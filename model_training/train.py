@@ -259,6 +259,8 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
+        if isinstance(sched, torch.optim.lr_scheduler.OneCycleLR):  # more epochs asked: stretch the tail
+            sched.total_steps = max(sched.total_steps, cfg.epochs * n_batches)
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         gen.set_state(ckpt["gen"].cpu())

@@ -120,7 +120,9 @@ def test_snomed_mapping() -> None:
     assert snomed_category(["426783006", "59118001"]) == ANA
     assert snomed_category(["164889003", "59118001"], 90.0) == SA
     assert snomed_category(["164889003"], 125.0) == A
-    assert snomed_category(["426177001"], 35.0) == A
+    assert snomed_category(["426177001"], 35.0, "1.0") == A
+    assert snomed_category(["426177001"], 35.0) == SA  # mapping 2.0, as SBRAD < 40
+    assert (snomed_category(["164931005"], math.nan, "1.0"), snomed_category(["164931005"])) == (A, ANA)
     assert snomed_category(["164865005", "713422000"]) == A
     assert snomed_category(["266257000"]) is None  # TIA: not an ECG finding, unmapped
     assert snomed_category([]) is None

@@ -59,45 +59,80 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path, tiny_arrays: cache
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_evaluate_cli_writes_card_plots_and_ships(tmp_path: Path, tiny_arrays: cache.PtbxlArrays) -> None:
-    train(_cfg(tmp_path / "run", max_steps=1), tiny_arrays, progress=False)
+def test_pack_and_evaluate_cli_write_an_ensemble_card_and_ship(tmp_path: Path,
+                                                               tiny_arrays: cache.PtbxlArrays) -> None:
+    """Two members -> pack (choices on fold 9) -> evaluate (fold 10 under both mappings, flag
+    budgets, statements, CinC) -> the shipped checkpoint carries the card's thresholds."""
+    for seed in (1, 2):
+        train(_cfg(tmp_path / f"m{seed}", max_steps=1, seed=seed), tiny_arrays, progress=False)
     cache_file = tmp_path / "tiny.npz"
     cache.save(tiny_arrays, cache_file)
+    packed = tmp_path / "ensemble.pt"
+    proc = subprocess.run([sys.executable, "-m", "model_training", "pack", str(tmp_path / "m1"),
+                           str(tmp_path / "m2"), "--out", str(packed), "--cache", str(cache_file)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    choices = json.loads(packed.with_suffix(".json").read_text())
+    assert choices["layout"] in ("w125", "w250", "whole") and 1 <= len(choices["members"]) <= 2
+    assert set(choices["flag_budgets"]) == {"0.05", "0.1", "0.15", "0.2"}
     cinc = shared_data("cinc2021-samples")
     shipped, report = tmp_path / "shipped.pt", tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "model_training", "evaluate", "--checkpoint", str(tmp_path / "run" / "model.pt"),
+        [sys.executable, "-m", "model_training", "evaluate", "--checkpoint", str(packed),
          "--cache", str(cache_file), "--cinc", str(cinc), "--report-dir", str(report),
-         "--card", str(tmp_path / "CARD"), "--bootstrap", "50", "--target-sensitivity", "0.9",
-         "--ship", str(shipped)],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
+         "--card", str(tmp_path / "CARD"), "--bootstrap", "50", "--ship", str(shipped)],
+        cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]
     card = json.loads((tmp_path / "CARD.json").read_text())
-    assert set(card["evaluation"]) == {"ptbxl_fold10", "cinc_external", "acute_operating_points"}
+    assert set(card["evaluation"]) == {"ptbxl_fold9", "ptbxl_fold10", "ptbxl_fold10_mapping_1_0",
+                                       "cinc_external", "flag_budgets", "acute_operating_points",
+                                       "statements_fold10"}
     assert card["evaluation"]["cinc_external"]["info"]["n_records"] == 100  # 127 minus 27 HR*
     assert card["evaluation"]["ptbxl_fold10"]["n_bootstrap"] == 50
     assert card["class_counts_per_fold"]["all"]["total"] == 16
+    assert card["class_counts_per_fold_mapping_1_0"]["all"]["total"] == 16
+    budgets = card["evaluation"]["flag_budgets"]
+    assert [r["budget"] for r in budgets] == [0.05, 0.1, 0.15, 0.2] and [r["shipped"] for r in budgets] == [
+        False, True, False, False]
+    assert budgets[1]["threshold"] == card["thresholds"]["acute"] and card["threshold_rule"] == "budget"
+    assert set(budgets[1]["ptbxl_fold10"]) == {"sensitivity", "ppv", "flagged", "n_acute"}
+    statements = card["evaluation"]["statements_fold10"]
+    assert statements["n_records"] == 4 and statements["n_statements"] == 0  # 4 x NORM+SR: nothing varies
     md = (tmp_path / "CARD.md").read_text()
-    assert "overall c" in md and "| INJAS | acute |" in md and "unweighted mean" in md
+    assert "overall c" in md and "| INJAS | subacute |" in md and "unweighted mean" in md
+    assert "Acute flag budgets" in md and "(shipped)" in md and "Macro-AUC" in md
     assert {p.name for p in report.glob("*.png")} == {
         "roc_ptbxl_fold10.png", "calibration_ptbxl_fold10.png",
         "roc_cinc_external.png", "calibration_cinc_external.png"}
     model = load_model(shipped, device="cpu")
-    assert model.sha256 == card["sha256"]
+    assert model.sha256 == card["sha256"] and len(model.members) == len(choices["members"])
     assert model.metadata["metrics"]["ptbxl_fold10"]["n"] == card["evaluation"]["ptbxl_fold10"]["n"]
-    assert card["target_sensitivity"] == 0.9 and card["threshold_rule"] == "point"
-    assert "fold 9, sensitivity >= 0.9," in model.metadata["acute_threshold_source"]
-    points = card["evaluation"]["acute_operating_points"]
-    assert [(r["rule"], r["target_sensitivity"], r["shipped"]) for r in points] == [
-        ("point", 0.8, False), ("point", 0.85, False), ("point", 0.9, True), ("point", 0.95, False),
-        ("lower-bound", 0.9, False)]
-    assert points[2]["threshold"] == card["thresholds"]["acute"]
-    assert "| 0.90 (lower bound) |" in md and "(shipped) |" in md
+    assert "flags 10% of fold-9 ECGs" in model.metadata["acute_threshold_source"]
+    assert model.thresholds["acute"] == card["thresholds"]["acute"] and model.n_statements == 71
+    assert {round(b, 2) for b in model.flag_budgets} == {0.05, 0.1, 0.15, 0.2}
     # 16 real PTB-XL records: every labelled record has at least one statement of its category
     counts_all = card["class_counts_per_fold"]["all"]
     assert all(sum(codes.values()) >= counts_all[name] for name, codes in card["label_sources"].items())
     assert sum(counts_all[name] for name in card["label_sources"]) > 0 and "| statement (records) |" in md
-    assert model.thresholds["acute"] == card["thresholds"]["acute"]
+
+
+def test_threshold_rules_choose_on_fold_9() -> None:
+    from model_training.evaluate import Predictions
+    from model_training.export import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=400)
+    labels = rng.integers(0, 4, 400)
+    val = Predictions("v", labels, probs, [str(i) for i in range(400)])
+
+    class Model:
+        thresholds = {"acute": 0.5}
+
+    thresholds, budgets, words = choose_thresholds(Model(), val, "budget", 0.1, 0.95)
+    assert thresholds["acute"] == budgets[0.1] and words == "flags 10% of fold-9 ECGs"
+    assert abs((probs[:, 3] >= budgets[0.1]).mean() - 0.1) < 0.01
+    thresholds, _, words = choose_thresholds(Model(), val, "point", 0.1, 0.9)
+    assert words == "sensitivity >= 0.9" and (probs[labels == 3, 3] >= thresholds["acute"]).mean() >= 0.9
 
 
 def test_evaluate_refuses_a_target_sensitivity_outside_0_1() -> None:
@@ -139,6 +174,7 @@ def test_ema_run_keeps_the_better_of_raw_and_ema_weights(tmp_path: Path,
         model_inputs,
         predict_probs,
         val_score,
+        window_spec,
     )
 
     summary = train(_cfg(tmp_path, epochs=2, ema=0.5), tiny_arrays, progress=False)
@@ -148,7 +184,7 @@ def test_ema_run_keeps_the_better_of_raw_and_ema_weights(tmp_path: Path,
     x_va = torch.from_numpy(model_inputs(va))
     model = load_model(tmp_path / "model.pt", device="cpu", optimize=False)
     best = max(summary["history"], key=lambda h: h["score"])
-    kept = val_score(va.label.astype(np.int64), predict_probs(model.net, x_va))
+    kept = val_score(va.label.astype(np.int64), predict_probs(model.net, x_va, window_spec(_cfg(tmp_path))))
     assert kept["score"] == pytest.approx(best["score"], abs=1e-6)  # model.pt holds the chosen weights
 
     torch.manual_seed(0)

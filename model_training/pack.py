@@ -1,0 +1,181 @@
+"""Build the shipped model from trained members: windows, aggregation, members, thresholds.
+
+Every choice is made on PTB-XL fold 9 (never fold 10 or CinC), under the training mapping:
+
+1. each member's probabilities are computed once per 2.5 s window (stride 1.25 s) and on
+   the whole record;
+2. for each layout (7 windows at a 1.25 s stride, 4 at 2.5 s, or the whole record) and triage
+   aggregation (mean, max), members are added greedily while the fold-9 score (mean of overall
+   c and PDI) improves and the cost (members x windows) stays within ``max_cost``;
+3. the statement aggregation is the one with the higher fold-9 statement macro-AUC;
+4. the acute thresholds per flag budget and the per-statement thresholds come from the
+   chosen ensemble's fold-9 outputs.
+
+The result is one format-2 checkpoint, weights in float16 (``--full`` keeps float32).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from ecg_gateway.ecg import CATEGORY_ORDER
+from ecg_gateway.triage.ensemble import WindowSpec
+from ecg_gateway.triage.model import StatementVocabulary, load_model, save_checkpoint
+from ecg_gateway.triage.network import TriageNet
+from model_training.cache import PtbxlArrays
+from model_training.labels import get_mapping, statement_vocabulary
+from model_training.metrics import macro_auc
+from model_training.policy import ACUTE, FLAG_BUDGETS, budget_threshold, statement_thresholds
+from model_training.train import CONTRACT, model_inputs, val_score
+
+log = structlog.get_logger(__name__)
+K = len(CATEGORY_ORDER)
+WINDOW, STRIDE = 250, 125
+#: layout -> indices of the stride-125 windows it uses (None: the whole record)
+LAYOUTS: dict[str, list[int] | None] = {"w125": list(range(7)), "w250": [0, 2, 4, 6], "whole": None}
+
+
+@dataclass
+class MemberOutputs:
+    run: str
+    net: TriageNet
+    windows: np.ndarray  # [N, 7, 4 + S] probabilities per 2.5 s window
+    whole: np.ndarray  # [N, 4 + S] on the whole record
+
+
+def _probs(logits: torch.Tensor) -> np.ndarray:
+    return torch.cat((torch.softmax(logits[:, :K], 1), torch.sigmoid(logits[:, K:])), 1).numpy()
+
+
+@torch.no_grad()
+def member_outputs(run: Path, x: torch.Tensor, batch: int = 64) -> MemberOutputs:
+    """One trained member's fold-9 outputs per window and on the whole record (eager, fp32)."""
+    net = load_model(run / "model.pt", "cpu", optimize=False).net.eval()
+    starts = range(0, x.shape[-1] - WINDOW + 1, STRIDE)
+    per_window, whole = [], []
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        per_window.append(np.stack([_probs(net(xb[:, :, s:s + WINDOW])) for s in starts], axis=1))
+        whole.append(_probs(net(xb)))
+    return MemberOutputs(str(run), net, np.concatenate(per_window), np.concatenate(whole))
+
+
+def combine(members: list[MemberOutputs], layout: str, triage_how: str, statements_how: str) -> np.ndarray:
+    """The ensemble's ``[N, 4 + S]`` as :class:`WindowedEnsemble` computes it."""
+    picks = LAYOUTS[layout]
+    if picks is None:
+        return np.mean([m.whole for m in members], axis=0)
+    mean = np.mean([m.windows[:, picks] for m in members], axis=0)  # [N, W, 4 + S]
+    triage = mean[:, :, :K].mean(1) if triage_how == "mean" else mean[:, :, :K].max(1)
+    triage = triage / triage.sum(1, keepdims=True)
+    statements = mean[:, :, K:].mean(1) if statements_how == "mean" else mean[:, :, K:].max(1)
+    return np.concatenate((triage, statements), axis=1)
+
+
+def cost(n_members: int, layout: str) -> int:
+    picks = LAYOUTS[layout]
+    return n_members * (4 if picks is None else len(picks))  # whole record = 4 windows of work
+
+
+def choose(members: list[MemberOutputs], labels: np.ndarray, truth: np.ndarray,
+           max_cost: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The best (layout, aggregation, members) by fold-9 score within ``max_cost``; the table
+    of every configuration tried."""
+    tried: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for layout, how in itertools.product(LAYOUTS, ("mean", "max")):
+        if LAYOUTS[layout] is None and how == "max":
+            continue
+        chosen: list[int] = []
+        score = -math.inf
+        while True:
+            options = [i for i in range(len(members)) if i not in chosen
+                       and cost(len(chosen) + 1, layout) <= max_cost]
+            scored = [(val_score(labels, combine([members[j] for j in [*chosen, i]], layout, how, "max")),
+                       i) for i in options]
+            if not scored:
+                break
+            top, i = max(scored, key=lambda si: si[0]["score"])
+            if top["score"] <= score:
+                break
+            chosen, score = [*chosen, i], top["score"]
+            tried.append({"layout": layout, "triage": how, "members": list(chosen), **top})
+        if best is None or score > best["score"]:
+            best = {"layout": layout, "triage": how, "members": chosen, "score": score}
+    assert best is not None
+    picked = [members[i] for i in best["members"]]
+    aucs = {how: macro_auc(truth, combine(picked, best["layout"], best["triage"], how)[:, K:])
+            for how in ("mean", "max")}
+    best["statements"] = max(aucs, key=lambda h: aucs[h])
+    best["statement_auc"] = aucs[best["statements"]]
+    return best, tried
+
+
+def pack(runs: list[Path], arrays: PtbxlArrays, out: Path, *, mapping: str = "2.0", max_cost: int = 16,
+         half: bool = True, model_id: str = "ecg-triage-ptbxl100-v2") -> dict[str, Any]:
+    """Choose on fold 9, write ``out`` (format 2) and ``out``.json (the choices); returns them."""
+    va = arrays.with_mapping(mapping)
+    va = va.subset((va.fold == 9) & (va.label >= 0))
+    labels, truth = va.label.astype(np.int64), va.statement_truth()
+    x = torch.from_numpy(model_inputs(va))
+    members = [member_outputs(run, x) for run in runs]
+    best, tried = choose(members, labels, truth, max_cost)
+    picked = [members[i] for i in best["members"]]
+    probs = combine(picked, best["layout"], best["triage"], best["statements"])
+    budgets = {b: budget_threshold(probs[:, :K], b) for b in FLAG_BUDGETS}
+    vocabulary = StatementVocabulary.from_dict(
+        {**statement_vocabulary(mapping), "thresholds": statement_thresholds(truth, probs[:, K:])})
+    windows = None
+    nets = [m.net for m in picked]
+    if best["layout"] != "whole":
+        stride = STRIDE * (len(LAYOUTS["w125"]) - 1) // (len(LAYOUTS[best["layout"]]) - 1)
+        windows = WindowSpec(WINDOW, stride, best["triage"], best["statements"])
+    else:  # the pooled members read the whole record: their contract length is the record's
+        nets = [_relength(net, CONTRACT.length) for net in nets]
+    flagged = probs[:, K - 1] >= budgets[0.10]
+    summary = {"model_id": model_id, "mapping_version": get_mapping(mapping).version,
+               "members": [m.run for m in picked], "candidates": [m.run for m in members],
+               "layout": best["layout"], "triage_aggregation": best["triage"],
+               "statement_aggregation": best["statements"], "max_cost": max_cost,
+               "fold9": {**val_score(labels, probs, truth), "acute_sensitivity_at_10pct":
+                         float(flagged[labels == K - 1].mean()), "flagged_at_10pct": float(flagged.mean())},
+               "flag_budgets": {f"{b:g}": t for b, t in budgets.items()}, "tried": tried}
+    metadata = {"model_id": model_id, "placeholder": False, "mapping_version": summary["mapping_version"],
+                "data_manifest_hash": va.manifest_hash, "members": summary["members"],
+                "selection": {k: summary[k] for k in ("layout", "triage_aggregation",
+                                                       "statement_aggregation", "max_cost")},
+                "validation": {k: float(v) for k, v in summary["fold9"].items()}, "metrics": None,
+                "training": _training_config(picked[0].run)}
+    sha = save_checkpoint(out, nets, CONTRACT, thresholds={ACUTE: budgets[0.10]}, metadata=metadata,
+                          windows=windows, statements=vocabulary, flag_budgets=budgets, half=half)
+    summary.update(sha256=sha, bytes=out.stat().st_size)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    log.info("packed", **{k: summary[k] for k in ("layout", "triage_aggregation", "statement_aggregation",
+                                                   "bytes")}, members=len(nets), **summary["fold9"])
+    return summary
+
+
+def _relength(net: TriageNet, length: int) -> TriageNet:
+    """The same pooled net declared for ``length``-sample inputs (weights unchanged)."""
+    other = TriageNet(**{**net.arch_kwargs(), "length": length}).eval()
+    other.load_state_dict(net.state_dict())
+    return other
+
+
+def _training_config(run: str) -> dict[str, Any]:
+    summary = Path(run) / "summary.json"
+    if not summary.is_file():
+        return {}
+    config = json.loads(summary.read_text())["config"]
+    return {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "optimizer",
+                                   "crop", "head", "statement_weight", "statement_targets", "mapping",
+                                   "gamma", "class_weights", "aux_weight", "cpu_bf16") if k in config}
