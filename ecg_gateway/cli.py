@@ -149,8 +149,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     for section in ("jobs", "results", "outbound"):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(report[section].items())) or "none"
         print(f"{section}: {counts}")
-    model = report["model"]
-    print(f"model: {model.get('model_id')} sha256={model.get('sha256', '')[:16]}" if model else "model: not loaded yet")
+    print(_model_line(report["model"], config))
     print(f"delivery: {report['delivery']}")
     for dest, counts in sorted(report["destinations"].items()):
         print(f"destination {dest}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
@@ -160,6 +159,19 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print(f"last delivery error: outbound {err['outbound_id']} ({err['state']}, "
               f"{err['attempts']} attempts): {err['error']}")
     return EX_OK
+
+
+def _model_line(model: dict[str, Any] | None, config: Config) -> str:
+    """The model the worker loaded (its last ``model_loaded`` event), or the configured file's."""
+    if not model:
+        from ecg_gateway.triage.model import checkpoint_summary
+
+        return f"model: not loaded yet; configured: {checkpoint_summary(config.model.path)}"
+    acute = (model.get("thresholds") or {}).get("acute")
+    budget = model.get("acute_flag_budget")
+    rule = "" if acute is None else f" acute>={acute:.4g}" + (f" ({budget:.0%} flag budget)" if budget else "")
+    extra = f", {model['members']} member(s), {model.get('statements', 0)} statements" if "members" in model else ""
+    return f"model: {model.get('model_id')} sha256={model.get('sha256', '')[:16]}{rule}{extra}"
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:

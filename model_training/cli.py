@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       schedule=args.schedule, ema=args.ema, weight_decay=args.weight_decay,
                       statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16,
                       mapping=args.mapping, head=args.head, crop=args.crop, optimizer=args.optimizer,
-                      statement_targets=args.statement_targets)
+                      statement_targets=args.statement_targets, statement_head=args.statement_head)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pool: any input length (crops, windows); flatten: v1's fixed-length head")
     p.add_argument("--crop", type=int, default=250,
                    help="random crop length in samples for training, windows of it at validation (0 = whole record)")
+    p.add_argument("--statement-head", choices=["shared", "own"], default="shared",
+                   help="shared: on the triage head's hidden layer; own: a hidden layer of its own")
     p.add_argument("--statement-targets", choices=["likelihood", "counted"], default="likelihood",
                    help="likelihood: all 71 statements, likelihood-aware; counted: v1's multi-hot")
     p.add_argument("--ema", type=float, help="keep an EMA of the weights with this decay (e.g. 0.998)")

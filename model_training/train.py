@@ -62,6 +62,7 @@ class TrainConfig:
     statement_targets: str = "likelihood"  # likelihood (all 71, likelihood-aware) | counted (v1: multi-hot)
     mapping: str = "2.0"  # triage label mapping (model_training/labels.py)
     head: str = "pool"  # pool (any length: crops and windows) | flatten (v1: fixed length)
+    statement_head: str = "shared"  # shared (on the triage head's hidden layer) | own (its own hidden layer)
     crop: int = 250  # random crop length in samples (2.5 s at 100 Hz); 0 = the whole record
     optimizer: str = "adamw"  # adamw | adam
     patience: int = 100  # epochs without a better fold-9 score before stopping (one-cycle runs its course)
@@ -241,6 +242,7 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
     net = TriageNet(in_leads=len(CONTRACT.leads), n_classes=K, fs=CONTRACT.fs,
                     length=windows.length if windows is not None else CONTRACT.length,
                     widths=tuple(cfg.widths), blocks_per_group=cfg.blocks_per_group, head=cfg.head,
+                    statement_head=cfg.statement_head,
                     aux_head=True, n_statements=0 if s_tr is None else s_tr.shape[1]).to(device)
     optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
     opt = optimizer(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -425,7 +427,7 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
                           "aux_weight", "statement_weight", "schedule", "weight_decay", "patience",
                           "ema", "cpu_bf16", "train_folds", "val_folds", "mapping", "head", "crop",
-                          "optimizer", "statement_targets") if k in config},
+                          "optimizer", "statement_targets", "statement_head") if k in config},
             "validation": val, "metrics": None}
 
 

@@ -210,3 +210,21 @@ def test_prepacked_convs_compute_the_same_function_at_every_batch_size() -> None
         with torch.inference_mode():
             torch.testing.assert_close(packed(x), net(x), atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(packed(x), plain(x), atol=1e-5, rtol=1e-4)
+
+
+def test_own_statement_head_reads_the_pooled_features() -> None:
+    """``statement_head="own"``: the statements get a hidden layer of their own, and the CPU
+    rewrite keeps the output equal."""
+    from ecg_gateway.triage.optimize import optimize_for_cpu
+
+    torch.manual_seed(0)
+    net = TriageNet(widths=(16, 32), blocks_per_group=2, fc_hidden=16, head="pool", length=250,
+                    n_statements=7, statement_head="own").eval()
+    x = torch.randn(3, 8, 250)
+    main, _, statements = net.forward_train(x)
+    torch.testing.assert_close(torch.cat((main, statements), dim=1), net(x))
+    torch.testing.assert_close(optimize_for_cpu(net)(x), net(x), atol=1e-5, rtol=1e-5)
+    assert isinstance(net.statements, nn.Sequential) and net.arch_kwargs()["statement_head"] == "own"
+    rebuilt = TriageNet(**net.arch_kwargs()).eval()
+    rebuilt.load_state_dict(net.state_dict())
+    torch.testing.assert_close(rebuilt(x), net(x))

@@ -384,6 +384,19 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "auto",
     return model
 
 
+def checkpoint_summary(path: str | os.PathLike[str] | None) -> str:
+    """One line naming a checkpoint file's model (id, members, statements) without building it."""
+    path = Path(path) if path is not None else default_checkpoint_path()
+    try:
+        parts = _validate(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - a status line, not a load: say what is wrong
+        return f"{path.name}: unusable ({type(exc).__name__})"
+    model_id = parts.metadata.get("model_id") or path.name
+    return (f"{model_id} ({'bundled default' if path == default_checkpoint_path() else path.name}, "
+            f"{len(parts.members)} member(s), "
+            f"{len(parts.statements.codes) if parts.statements else 0} statements)")
+
+
 def _member(arch: dict[str, Any], weights: dict[str, torch.Tensor]) -> TriageNet:
     """One ensemble member from its weights (float16 weights come back as float32)."""
     try:

@@ -137,7 +137,7 @@ class TriageNet(nn.Module):
                  stem_channels: int = 32, widths: tuple[int, ...] = (64, 128, 256, 512),
                  blocks_per_group: int = 4, kernel_size: int = 5, dilation: int | None = None,
                  dropout: float = 0.3, fc_hidden: int = 256, aux_head: bool = True,
-                 n_statements: int = 0, head: str = "flatten") -> None:
+                 n_statements: int = 0, head: str = "flatten", statement_head: str = "shared") -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
@@ -145,6 +145,8 @@ class TriageNet(nn.Module):
             raise ValueError("need in_leads >= 1, n_classes >= 2, length >= 16, fs > 0, widths")
         if head not in ("flatten", "pool"):
             raise ValueError(f"head must be 'flatten' or 'pool', got {head!r}")
+        if statement_head not in ("shared", "own"):
+            raise ValueError(f"statement_head must be 'shared' or 'own', got {statement_head!r}")
         dilation = default_dilation(fs) if dilation is None else int(dilation)
         self._kwargs: dict[str, Any] = dict(
             in_leads=in_leads, n_classes=n_classes, fs=float(fs), length=int(length),
@@ -155,6 +157,8 @@ class TriageNet(nn.Module):
         )
         if head != "flatten":  # absent in v1 checkpoints, which rebuild with the default
             self._kwargs["head"] = head
+        if statement_head != "shared":
+            self._kwargs["statement_head"] = statement_head
         first = widths[0]
         self.stem = nn.Sequential(
             nn.Conv1d(in_leads, stem_channels, kernel_size=7, stride=2, padding=3, bias=False),
@@ -181,7 +185,16 @@ class TriageNet(nn.Module):
         self.head = _head(2 * in_ch if pool else in_ch * lengths[-1], fc_hidden, n_classes, dropout, pool)
         aux_in = widths[self.aux_at] * (2 if pool else lengths[self.aux_at])
         self.aux = _head(aux_in, fc_hidden, n_classes, dropout, pool) if aux_head else None
-        self.statements = nn.Linear(fc_hidden, n_statements) if n_statements else None
+        # "shared": one linear layer on the triage head's hidden layer; "own": a hidden layer of
+        # its own on the pooled features, so the 71 statements do not share the triage bottleneck
+        self.own_statement_head = statement_head == "own"
+        self.statements: nn.Module | None = None
+        if n_statements and self.own_statement_head:
+            features = 2 * in_ch if pool else in_ch * lengths[-1]
+            self.statements = nn.Sequential(nn.Linear(features, 2 * fc_hidden), nn.ReLU(inplace=True),
+                                            nn.Dropout(dropout / 2), nn.Linear(2 * fc_hidden, n_statements))
+        elif n_statements:
+            self.statements = nn.Linear(fc_hidden, n_statements)
         self.feature_lengths = tuple(lengths)
 
     def arch_kwargs(self) -> dict[str, Any]:
@@ -209,17 +222,25 @@ class TriageNet(nn.Module):
         features, _ = self._body(x)
         if self.statements is None:
             return self.head(features)
-        hidden = self.head[:-1](features)
-        return torch.cat((self.head[-1](hidden), self.statements(hidden)), dim=1)
+        triage, statements = self._heads(features)
+        return torch.cat((triage, statements), dim=1)
+
+    def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Triage logits and statement logits from the body's output."""
+        assert self.statements is not None
+        pooled = self.head[0](features)
+        hidden = self.head[1:-1](pooled)
+        return self.head[-1](hidden), self.statements(pooled if self.own_statement_head else hidden)
 
     def forward_train(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``x [N, in_leads, length]`` -> ``(main_logits, aux_logits, statement_logits)``:
         ``[N, n_classes]`` twice and ``[N, n_statements]``; ``None`` for an absent head."""
         features, mid = self._body(x)
         aux = self.aux(mid) if self.aux is not None and mid is not None else None
-        hidden = self.head[:-1](features)
-        statements = self.statements(hidden) if self.statements is not None else None
-        return self.head[-1](hidden), aux, statements
+        if self.statements is None:
+            return self.head(features), aux, None
+        triage, statements = self._heads(features)
+        return triage, aux, statements
 
     def inference_state_dict(self, statements: bool = False) -> dict[str, Tensor]:
         """The weights an inference checkpoint needs: the auxiliary head left out, and the
