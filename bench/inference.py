@@ -44,6 +44,7 @@ from _common import figure, machine_facts, md_table, write_report  # noqa: E402
 
 from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
 from ecg_gateway.triage.decide import decide  # noqa: E402
+from ecg_gateway.triage.ensemble import WindowedEnsemble  # noqa: E402
 from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
 from ecg_gateway.triage.network import TriageNet  # noqa: E402
 from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu  # noqa: E402
@@ -116,12 +117,20 @@ def with_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+def member_input(model: TriageModel) -> tuple[int, int]:
+    """(leads, samples) one member reads per pass: a window, or the whole record."""
+    windows = model.windows
+    length = windows.length if windows is not None and windows.length < model.contract.length else model.contract.length
+    return len(model.contract.leads), length
+
+
 def op_profile(model: TriageModel, threads: int, batch: int = 32, passes: int = 5) -> dict[str, Any]:
-    """Where a CPU forward pass of ``batch`` ECGs spends its time: self time per operator, and
-    per convolution shape its achieved GFLOP/s (the evidence for the efficiency figure).
-    Measured on the eager rewrite (hooks cannot see inside the compiled graph), on
-    ``threads`` intra-op threads so the shares compare with the whole machine's ceiling."""
-    leads, length = len(model.contract.leads), model.contract.length
+    """Where a CPU forward pass of ``batch`` inputs of one member (windows for a windowed
+    model) spends its time: self time per operator, and per convolution shape its achieved
+    GFLOP/s (the evidence for the efficiency figure). Measured on the eager rewrite (hooks
+    cannot see inside the compiled graph), on ``threads`` intra-op threads so the shares
+    compare with the whole machine's ceiling."""
+    leads, length = member_input(model)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
     eager = optimize_for_cpu(model.net)
     with torch.inference_mode(), with_threads(threads):
@@ -191,7 +200,7 @@ def stage_flops(net: TriageNet, leads: int, length: int) -> list[float]:
 def stage_timings(model: TriageModel, eager: torch.nn.Module, batch: int, passes: int) -> list[dict[str, Any]]:
     """Wall time of each stage inside the real forward (hooks), and the share of the
     float32 matmul ceiling it reaches: where the gap to the ceiling comes from."""
-    leads, length = len(model.contract.leads), model.contract.length
+    leads, length = member_input(model)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
     stages = _stages(eager)
     final, head = stages[-1][1]  # type: ignore[misc]
@@ -265,9 +274,10 @@ def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int, cores: 
     """The product's bf16 CPU path (``model.cpu_precision: bfloat16``) against float32 on a
     reference set: the issue's bar is categories agreeing on >= 99.5 % and |dp| <= 0.01."""
     x, what = reference_set(model, n)
-    bf16_model = TriageModel(model.net, model.contract, model.class_order, model.thresholds, model.metadata,
+    bf16_model = TriageModel(model.members, model.contract, model.class_order, model.thresholds, model.metadata,
                              model.sha256, model.device, model.path, cpu_precision="bfloat16",
-                             cpu_cores=cores)
+                             cpu_cores=cores, windows=model.windows, statements=model.statements,
+                             flag_budgets=model.flag_budgets)
     if bf16_model.precision != "bfloat16":
         return {"reference": what, "skipped": "this CPU has no native bfloat16 (oneDNN)", "qualifies": False}
     fp32, bf16 = model.predict(x), bf16_model.predict(x)
@@ -351,8 +361,8 @@ def main() -> int:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
     leads, length = len(model.contract.leads), model.contract.length
-    params = sum(p.numel() for p in model.net.parameters())
-    flops = flops_per_ecg(model.net, leads, length, device)  # the training graph's count
+    params = sum(p.numel() for m in model.members for p in m.parameters())
+    flops = flops_per_ecg(model.ensemble, leads, length, device)  # the training graph's count, every window and member
     with with_threads(machine_threads):  # the ceiling of the cores the model may use
         peak_before = matmul_peak(device, amp, args.seconds, args.repeats, sync)
 
@@ -424,16 +434,20 @@ def main() -> int:
 
 def _how(model: TriageModel) -> str:
     """How the model runs: compiled lanes, eager rewrite, or the plain graph, and on what."""
-    if model.runner is model.net:
-        return f"plain graph, {torch.get_num_threads()} thread(s)"
+    shape = (f"{len(model.members)} member(s) x {model.windows.count(model.contract.length)} window(s), "
+             if model.windows is not None else f"{len(model.members)} member(s), whole record, ")
+    if model.runner is model.ensemble:
+        return shape + f"plain graph, {torch.get_num_threads()} thread(s)"
     if model.lanes:
-        return f"compiled graph in {model.lanes} lane(s) (lanes.py), {torch.get_num_threads()} thread(s) each"
-    return f"eager CPU rewrite (optimize.py), {torch.get_num_threads()} thread(s)"
+        return shape + f"compiled graph in {model.lanes} lane(s) (lanes.py), {torch.get_num_threads()} thread(s) each"
+    return shape + f"eager CPU rewrite (optimize.py), {torch.get_num_threads()} thread(s)"
 
 
 def eager_rate(model: TriageModel, threads: int, seconds: float, repeats: int, batch: int = 32) -> list[float]:
     """ECG/s of the eager CPU rewrite on ``threads`` intra-op threads (the path before lanes)."""
-    eager = optimize_for_cpu(model.net, dtype=torch.bfloat16 if model.precision == "bfloat16" else torch.float32)
+    dtype = torch.bfloat16 if model.precision == "bfloat16" else torch.float32
+    eager = WindowedEnsemble([optimize_for_cpu(m, dtype=dtype) for m in model.members], len(model.class_order),
+                             model.contract.length, model.windows).eval()
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, len(model.contract.leads),
                                                                 model.contract.length)).astype(np.float32))
 
