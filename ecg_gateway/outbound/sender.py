@@ -39,8 +39,8 @@ from ecg_gateway.outbound.oru import (
     ResultView,
     compose_oru,
     is_stat,
-    pdf_header,
 )
+from ecg_gateway.outbound.page import PageText, page_text
 from ecg_gateway.security import client_context
 from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Message, Outbound, OutboundState, Result
@@ -200,16 +200,16 @@ class Sender:
         pdf = None
         if ecg is not None and self._cfg.attach_pdf:
             budget = self._acute_budget_s if is_stat(work.category) else OTHER_RENDER_BUDGET_S
-            pdf = await self._render(work, ecg, pdf_header(work.result, message), budget)
+            pdf = await self._render(work, ecg, page_text(work.result, message), budget)
         payload = compose_oru(work.result, message, work.control_id, self._cfg, pdf,
                               now=datetime.now(UTC))
         return await asyncio.to_thread(self._store_payload, work, payload)
 
-    async def _render(self, work: _Work, ecg: Ecg, header: str, budget_s: float) -> bytes | None:
+    async def _render(self, work: _Work, ecg: Ecg, text: PageText, budget_s: float) -> bytes | None:
         from ecg_gateway.outbound.render import render_pdf
 
         try:
-            return await asyncio.wait_for(asyncio.to_thread(render_pdf, ecg, header), budget_s)
+            return await asyncio.wait_for(asyncio.to_thread(render_pdf, ecg, text), budget_s)
         except TimeoutError:
             log.warning("outbound_pdf_skipped", outbound_id=work.id, reason="render budget",
                         budget_ms=round(budget_s * 1000))
