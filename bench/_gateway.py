@@ -304,11 +304,12 @@ def _nodelay_connect() -> None:
 class StoreClient:
     """Sends DICOM ECGs to ``port``, one association per ECG, from a thread pool."""
 
-    def __init__(self, port: int, datasets: list[Any], threads: int = 8) -> None:
+    def __init__(self, port: int, datasets: list[Any], threads: int = 8, called_ae: str = "ECG_GATEWAY") -> None:
         from pynetdicom import AE
 
         _nodelay_connect()
         self.port = port
+        self.called_ae = called_ae
         self.datasets = datasets
         self._pool = ThreadPoolExecutor(threads)
         self._local = threading.local()
@@ -334,7 +335,7 @@ class StoreClient:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         start = time.time()
         status = -1
-        assoc = self._ae().associate("127.0.0.1", self.port, ae_title="ECG_GATEWAY")
+        assoc = self._ae().associate("127.0.0.1", self.port, ae_title=self.called_ae)
         if assoc.is_established:
             answer = assoc.send_c_store(ds)
             status = int(answer.Status) if answer else -1
@@ -380,7 +381,7 @@ class StoreClient:
         def run(share: int) -> list[Sent]:
             out = []
             mine = [copy.deepcopy(d) for d in self.datasets[:8]]  # this thread's own copies
-            assoc = self._ae().associate("127.0.0.1", self.port, ae_title="ECG_GATEWAY")
+            assoc = self._ae().associate("127.0.0.1", self.port, ae_title=self.called_ae)
             try:
                 for i in range(share):
                     ds = mine[i % len(mine)]
