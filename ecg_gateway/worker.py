@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecg_gateway.config import Config
 from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory
 from ecg_gateway.errors import CheckpointError, GatewayError
+from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
@@ -134,6 +135,7 @@ class Worker:
         model = override_acute_threshold(model, self._config.model.acute_threshold)
         warm_up_s = self._warm_up(model)
         self._triager, self._model_error = Triager(model), None
+        freeze_heap()
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
                   "thresholds": dict(model.thresholds),
                   "device": str(model.device), "precision": model.precision, "fs": model.contract.fs, "length": model.contract.length,
