@@ -16,8 +16,8 @@ sample except those within half a stroke width of the line drawn through its nei
 from __future__ import annotations
 
 import io
-from dataclasses import replace
 import zlib
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
