@@ -59,7 +59,9 @@ class Serve:
     def __init__(self, config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None) -> None:
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+        # as deployed (deploy/ecg-gateway.service, deploy/Dockerfile); the environment may override
+        full_env = {"MALLOC_ARENA_MAX": "2", **os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    **(env or {})}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         cmd = [*(wrapper or []), sys.executable, "-m", "ecg_gateway", "serve", "--config", str(config), *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
