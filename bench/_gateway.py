@@ -59,7 +59,9 @@ class Serve:
     def __init__(self, config: Path, log_path: Path, *args: str, env: dict[str, str] | None = None,
                  wrapper: list[str] | None = None) -> None:
         self.log_path = log_path
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+        # as deployed (deploy/ecg-gateway.service, deploy/Dockerfile); the environment may override
+        full_env = {"MALLOC_ARENA_MAX": "2", **os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    **(env or {})}
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         cmd = [*(wrapper or []), sys.executable, "-m", "ecg_gateway", "serve", "--config", str(config), *args]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -304,11 +306,12 @@ def _nodelay_connect() -> None:
 class StoreClient:
     """Sends DICOM ECGs to ``port``, one association per ECG, from a thread pool."""
 
-    def __init__(self, port: int, datasets: list[Any], threads: int = 8) -> None:
+    def __init__(self, port: int, datasets: list[Any], threads: int = 8, called_ae: str = "ECG_GATEWAY") -> None:
         from pynetdicom import AE
 
         _nodelay_connect()
         self.port = port
+        self.called_ae = called_ae
         self.datasets = datasets
         self._pool = ThreadPoolExecutor(threads)
         self._local = threading.local()
@@ -334,7 +337,7 @@ class StoreClient:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         start = time.time()
         status = -1
-        assoc = self._ae().associate("127.0.0.1", self.port, ae_title="ECG_GATEWAY")
+        assoc = self._ae().associate("127.0.0.1", self.port, ae_title=self.called_ae)
         if assoc.is_established:
             answer = assoc.send_c_store(ds)
             status = int(answer.Status) if answer else -1
@@ -380,7 +383,7 @@ class StoreClient:
         def run(share: int) -> list[Sent]:
             out = []
             mine = [copy.deepcopy(d) for d in self.datasets[:8]]  # this thread's own copies
-            assoc = self._ae().associate("127.0.0.1", self.port, ae_title="ECG_GATEWAY")
+            assoc = self._ae().associate("127.0.0.1", self.port, ae_title=self.called_ae)
             try:
                 for i in range(share):
                     ds = mine[i % len(mine)]

@@ -30,7 +30,7 @@ from bench._gateway import ALL_CATEGORIES, EhrProcess, LogTail, Serve, StoreClie
 
 #: (cost name, substrings of a frame), checked in order: the first rule any frame matches wins.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("PDF render (matplotlib, outbound/render.py)", ("render.py", "matplotlib")),
+    ("PDF render (reportlab, outbound/render.py)", ("outbound/render.py", "reportlab/")),
     ("model forward (torch, triage/model.py predict)", ("predict (ecg_gateway/triage/model.py",)),
     ("quality gate (triage/quality.py)", ("ecg_gateway/triage/quality.py",)),
     ("preprocess / resample (triage/preprocess.py)", ("ecg_gateway/triage/preprocess.py",)),

@@ -20,11 +20,14 @@ SECTIONS = {"ingest": "DICOM ingest (durable C-STORE)", "mllp": "HL7 v2 MLLP ing
 #: Why a goal can be missed on this machine, keyed by figure id prefix (checked in order).
 #: Shown only for goals this run missed; the numbers come from the run itself.
 WHY = (
-    ("e2e.", "End to end, the pipeline is CPU-bound on 2 cores: per ECG the daemon spends the CPU shown "
-             "in the stage table (column 'daemon CPU ms/ECG'), and in one process the GIL serialises "
-             "ingest, worker and sender; with the PDF on, rendering every ORU (matplotlib) is the largest "
-             "single cost (the profile below). Running worker and sender as their own processes "
-             "(`serve --role`) is the lever when one process is the limit."),
+    ("e2e.", "End to end, one `serve --role all` is CPU-bound on 2 cores shared with the load generator: "
+             "per ECG the daemon spends the CPU shown in the stage table (column 'daemon CPU ms/ECG'), and "
+             "in one process the GIL serialises ingest, worker and sender. The stage table's p99 column and "
+             "its 'slowest 5 %' rows show which stage makes the tail; the profile below shows where the CPU "
+             "goes. Running worker and sender as their own processes (`serve --role`) is the lever when one "
+             "process is the limit."),
+    ("oru.render", "The page is rendered by reportlab in Python (outbound/render.py); its cost grows with "
+                   "the points drawn, so a noisy ECG costs more than a clean one."),
     ("inference.", "The network is ~200 small operators per forward (widths 32-512, lengths down to 2-8 "
                    "samples at 100 Hz): the convs themselves run at 55-99 % of the matmul rate (the profile "
                    "tables below) and pre-activation/add/concat cost ~15 %; with one thread the same code "
@@ -195,9 +198,11 @@ HEADLINE = (
     ("inference.cpu.p2.b32", "inference ECG/s, batch 32, 2 single-threaded processes"),
     ("inference.cpu.l2.bf16_b32", "inference ECG/s, batch 32, 2 lanes, opt-in bf16"),
     ("chaos.lost", "ECGs lost under kill -9"),
+    ("oru.render_500", "render the 12-lead PDF (500 Hz ECG), warm"),
+    ("oru.pdf_kb_500", "size of the 12-lead PDF (500 Hz ECG)"),
     ("e2e.pdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF on)"),
     ("e2e.nopdf.r5.p99", "acute ECG C-STORE -> ORU ACK p99 at 5/s (PDF off)"),
-    ("e2e.pdf.sustainable", "sustainable ECG/s end to end (PDF on)"),
+    ("e2e.pdf.sustainable", "sustainable ECG/s end to end (PDF on), against dcmtk storescp storing"),
     ("e2e.nopdf.sustainable", "sustainable ECG/s end to end (PDF off)"),
     ("e2e.split.sustainable", "sustainable ECG/s end to end (PDF on, worker and sender processes)"),
     ("scale.sqlite.100000.claim_p50", "queue claim p50, SQLite, 10^5 ECGs stored"),

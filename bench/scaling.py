@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")] + ([1_000_000] if args.million else [])
     claims, accepts, repeats = 100, 100, args.repeats
-    memory_ecgs, sample_every, worker_jobs, worker_counts = args.memory_ecgs, 1000, args.worker_jobs, [
+    sample_every = max(1, args.memory_ecgs // 10)
+    memory_ecgs, worker_jobs, worker_counts = args.memory_ecgs, args.worker_jobs, [
         int(x) for x in args.workers.split(",")]
     if args.smoke:
         sizes, claims, accepts, repeats = [100, 300], 3, 3, 1

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecg_gateway import __version__
 from ecg_gateway.audit import local_actor
 from ecg_gateway.config import Config, redacted_dump
+from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
 from ecg_gateway.store.ingest import Ingestor
@@ -95,6 +96,7 @@ class Gateway:
         self._install_signal_handlers()
         try:
             await self._start()
+            freeze_heap()
             log.info("gateway_started", role=self.role, ports=self.bound, process_id=os.getpid())
             self.ingestor.audit.record("app_start", actor=local_actor(), detail={
                 "version": __version__, "role": self.role, "ports": self.bound, "process_id": os.getpid()})

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecg_gateway.config import Config
 from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory
 from ecg_gateway.errors import CheckpointError, GatewayError
+from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
@@ -134,6 +135,7 @@ class Worker:
             return False
         warm_up_s = self._warm_up(model)
         self._triager, self._model_error = Triager(model), None
+        freeze_heap()
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
                   "thresholds": dict(model.thresholds), "acute_flag_budget": model.acute_budget,
                   "statements": model.n_statements, "members": len(model.members),
@@ -204,9 +206,10 @@ class Worker:
             return 0
         for item in items:
             self._decode_one(item)
+        inferring = time.perf_counter()
         self._infer([i for i in items if i.ecg is not None])
         latency_ms = (time.perf_counter() - started) * 1000
-        self._commit(items, latency_ms)
+        self._commit(items, latency_ms, infer_ms=(time.perf_counter() - inferring) * 1000)
         self.heartbeat = time.time()
         return len(items)
 
@@ -260,8 +263,9 @@ class Worker:
         for item, outcome in zip(items, outcomes, strict=True):
             item.outcome = outcome
 
-    def _commit(self, items: list[_Item], latency_ms: float) -> None:
-        """Results, completions, outbound rows and events: one transaction."""
+    def _commit(self, items: list[_Item], latency_ms: float, infer_ms: float = 0.0) -> None:
+        """Results, completions, outbound rows and events: one transaction. ``infer_ms``: the
+        model's share of ``latency_ms`` (gate, preprocess, forward), for the log line."""
         done = failed = lost = 0
         with self._sessions.begin() as session:
             for item in items:
@@ -293,7 +297,7 @@ class Worker:
         if failed and not done and self._all_model_failures(items) and not self._model_selftest():
             self._drop_model("the model fails even on a blank input")
         log.info("batch_committed", done=done, failed=failed, lease_lost=lost,
-                 latency_ms=round(latency_ms, 1))
+                 latency_ms=round(latency_ms, 1), infer_ms=round(infer_ms, 1))
 
     @staticmethod
     def _still_ours(session: Session, job: Claimed) -> bool:

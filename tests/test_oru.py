@@ -24,7 +24,6 @@ from ecg_gateway.outbound.oru import (
     compose_oru,
     dicom_pn_to_xpn,
     escape,
-    pdf_header,
 )
 
 NOW = datetime(2025, 1, 1, 12, 0, 5, tzinfo=UTC)
@@ -271,14 +270,3 @@ def test_bad_birth_date_and_sex_are_not_copied_verbatim() -> None:
     assert field(pid, 7) == "" and pid[8] == "M"
     pid = segments(compose(msg=message(sex="X")))["PID"][0]
     assert pid[8] == "U"
-
-
-def test_pdf_header_names_category_probabilities_and_patient() -> None:
-    header = pdf_header(result(), message())
-    lines = header.splitlines()
-    assert "ACUTE" in lines[0] and "physician" in lines[0]
-    assert "p(acute) = 0.93" in lines[1] and "p(normal) = 0.01" in lines[1]
-    assert "DOE, JOHN" in lines[2] and "PAT123" in lines[2]
-    assert "ecg-resnet@1.2" in lines[3] and "2025-01-01 11:58:00" in lines[3]
-    unreadable = pdf_header(result("uninterpretable", (None,) * 4), message())
-    assert "signal quality" in unreadable.splitlines()[1]

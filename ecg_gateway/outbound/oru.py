@@ -263,29 +263,3 @@ def quality_reasons(result: ResultView, limit: int = 6) -> str:
         return ""
     codes = [str(r) for r in reasons if isinstance(r, str) and r][:limit]
     return "; ".join(codes)
-
-
-def pdf_header(result: ResultView, message: MessageView) -> str:
-    """Header lines of the rendered tracing: verdict, probabilities, patient, provenance.
-
-    The PDF is a clinical document filed with the patient, so it names the patient as a
-    paper ECG does; it is never logged.
-    """
-    display = CATEGORIES[result.category][0] if result.category in CATEGORIES else result.category
-    verdict = f"AI ECG triage: {display.upper()} - preliminary automated result"
-    lines = [f"{verdict}, a physician must confirm"]
-    probs = [(CATEGORIES[c.value][0].lower(), result.probability(c.value)) for c in TriageCategory]
-    shown = "   ".join(f"p({name}) = {p:.2f}" for name, p in probs if p is not None)
-    reasons = quality_reasons(result)
-    lines.append(shown or "Not classified: signal quality insufficient for automated triage"
-                 + (f" ({reasons})" if reasons else ""))
-    demo = message.demographics
-    name = ", ".join(part for part in (demo.patient_name or "").split("^")[:2] if part)
-    patient = "   ".join(part for part in (
-        name, f"ID {demo.patient_id}" if demo.patient_id else "",
-        f"born {demo.birth_date}" if demo.birth_date else "", demo.sex or "") if part)
-    lines.append(f"Patient: {patient}" if patient else "Patient: unknown")
-    acquired = message.acquired_at or message.received_at
-    lines.append(f"Acquired {acquired:%Y-%m-%d %H:%M:%S}   ECG UID {message.ecg_uid or '-'}   "
-                 f"model {result.model_id} ({result.model_sha256[:12]})")
-    return "\n".join(lines)

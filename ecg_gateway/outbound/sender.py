@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -39,8 +40,8 @@ from ecg_gateway.outbound.oru import (
     ResultView,
     compose_oru,
     is_stat,
-    pdf_header,
 )
+from ecg_gateway.outbound.page import PageText, page_text
 from ecg_gateway.security import client_context
 from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Message, Outbound, OutboundState, Result
@@ -101,6 +102,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0  # consecutive transport failures (no ACK at all)
+        self._timings: dict[str, float] = {}
 
     def nudge(self) -> None:
         """Wake the loop now (thread-safe: the worker calls it after committing a row)."""
@@ -164,6 +166,8 @@ class Sender:
         """Send one claimed row and record the outcome; False after a transport failure."""
         assert self._client is not None
         payload = work.payload
+        self._timings = {}  # stage times of this attempt, for the delivered log line
+        started = time.perf_counter()
         if payload is None:
             try:
                 payload = await self._compose(work)
@@ -175,6 +179,8 @@ class Sender:
                 await asyncio.to_thread(self._finish, work, AckOutcome(
                     Verdict.RETRY, "", f"composing failed: {type(exc).__name__}"))
                 return True
+        sent = time.perf_counter()
+        self._timings["prepare_ms"] = round((sent - started) * 1000, 2)
         try:
             ack = await self._client.send(payload)
         except (MllpError, OSError) as exc:
@@ -183,10 +189,11 @@ class Sender:
                 Verdict.RETRY, "", f"{type(exc).__name__}: {exc}"))
             return False
         self._failures = 0
+        self._timings["wire_ms"] = round((time.perf_counter() - sent) * 1000, 2)
         outcome = judge_ack(ack, work.control_id)
         if outcome.reconnect:
             await self._client.close()  # the stream is out of step: start clean
-        await asyncio.to_thread(self._finish, work, outcome)
+        await asyncio.to_thread(self._finish, work, outcome, self._timings)
         return True
 
     async def _compose(self, work: _Work) -> bytes:
@@ -200,16 +207,19 @@ class Sender:
         pdf = None
         if ecg is not None and self._cfg.attach_pdf:
             budget = self._acute_budget_s if is_stat(work.category) else OTHER_RENDER_BUDGET_S
-            pdf = await self._render(work, ecg, pdf_header(work.result, message), budget)
+            pdf = await self._render(work, ecg, page_text(work.result, message), budget)
         payload = compose_oru(work.result, message, work.control_id, self._cfg, pdf,
                               now=datetime.now(UTC))
         return await asyncio.to_thread(self._store_payload, work, payload)
 
-    async def _render(self, work: _Work, ecg: Ecg, header: str, budget_s: float) -> bytes | None:
+    async def _render(self, work: _Work, ecg: Ecg, text: PageText, budget_s: float) -> bytes | None:
         from ecg_gateway.outbound.render import render_pdf
 
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(render_pdf, ecg, header), budget_s)
+            pdf = await asyncio.wait_for(asyncio.to_thread(render_pdf, ecg, text), budget_s)
+            self._timings["render_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            return pdf
         except TimeoutError:
             log.warning("outbound_pdf_skipped", outbound_id=work.id, reason="render budget",
                         budget_ms=round(budget_s * 1000))
@@ -254,7 +264,8 @@ class Sender:
                      detail={"control_id": work.control_id, "attempt": work.attempt,
                              "bytes": size, "category": work.category})
 
-    def _finish(self, work: _Work, outcome: AckOutcome) -> None:
+    def _finish(self, work: _Work, outcome: AckOutcome, timings: dict[str, float] | None = None) -> None:
+        """Record the outcome; ``timings`` (ms per stage of this attempt) go on the delivered line."""
         fields = {"outbound_id": work.id, "control_id": work.control_id,
                   "attempt": work.attempt, "category": work.category}
         e2e_s = None
@@ -264,7 +275,7 @@ class Sender:
                 kind = "delivered"
                 if work.category == TriageCategory.ACUTE.value:
                     e2e_s = _received_to_delivered_s(s, work.id)
-                log.info("outbound_delivered", ack=outcome.code, **fields)
+                log.info("outbound_delivered", ack=outcome.code, **fields, **(timings or {}))
             elif outcome.verdict is Verdict.DEAD:
                 dead_letter(s, Outbound, work.id, outcome.error)
                 kind = "dead"

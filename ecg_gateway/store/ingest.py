@@ -12,6 +12,7 @@ import contextlib
 import enum
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,7 @@ class Ingestor:
     def accept(self, msg: InboundMessage) -> IngestResult:
         """Store ``msg`` durably (or find its duplicate). Raises StoreUnavailableError."""
         digest = hashlib.sha256(msg.raw).hexdigest()
+        started = time.perf_counter()
         try:
             with self._write_lock:
                 result = self._insert(msg, digest)
@@ -95,7 +97,8 @@ class Ingestor:
         if result.outcome is IngestOutcome.STORED:
             self._on_commit()
         log.info("ecg_ingested", source=msg.source, outcome=result.outcome.value,
-                 message_id=result.message_id, ecg_uid=msg.ecg_uid, sha256=digest[:16])
+                 message_id=result.message_id, ecg_uid=msg.ecg_uid, sha256=digest[:16],
+                 commit_ms=round((time.perf_counter() - started) * 1000, 2))
         return result
 
     def _insert(self, msg: InboundMessage, digest: str) -> IngestResult:
