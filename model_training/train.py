@@ -69,6 +69,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     augment: bool = True
+    gain_jitter: float = 0.2  # amplitude augmentation +-; 0 keeps voltages (voltage criteria, low voltage)
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     train_folds: list[int] = field(default_factory=lambda: list(range(1, 9)))
     val_folds: list[int] = field(default_factory=lambda: [9])
@@ -133,16 +134,17 @@ def window_spec(cfg: TrainConfig) -> WindowSpec | None:
     return WindowSpec(length=cfg.crop, stride=max(1, cfg.crop // 2))
 
 
-def augment(x: Tensor, gen: torch.Generator, fs: float = CONTRACT.fs, shift: bool = True) -> Tensor:
-    """Plausible recording variation: gain +-20 %, noise <= 0.03 mV, wander <= 0.15 mV, shift <= 0.5 s
-    (no shift for crops: the crop already moves the record)."""
+def augment(x: Tensor, gen: torch.Generator, fs: float = CONTRACT.fs, shift: bool = True,
+            gain: float = 0.2) -> Tensor:
+    """Plausible recording variation: gain +-``gain`` (20 %), noise <= 0.03 mV, wander <= 0.15 mV,
+    shift <= 0.5 s (no shift for crops: the crop already moves the record)."""
     n, leads, length = x.shape
     dev = x.device
 
     def rand(*shape: int) -> Tensor:
         return torch.rand(*shape, generator=gen, device=dev)
 
-    x = x * (0.8 + 0.4 * rand(n, 1, 1))
+    x = x * (1.0 - gain + 2 * gain * rand(n, 1, 1))
     x = x + 0.03 * rand(n, 1, 1) * torch.randn(x.shape, generator=gen, device=dev)
     t = torch.arange(length, device=dev) / fs
     freq = 0.05 + 0.45 * rand(n, 1, 1)
@@ -290,7 +292,7 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = random_crops(x_tr[idx], cfg.crop, gen), y_tr[idx]
             if cfg.augment:
-                xb = augment(xb, gen, shift=windows is None)
+                xb = augment(xb, gen, shift=windows is None, gain=cfg.gain_jitter)
             with _autocast(device, cfg.cpu_bf16):
                 main, aux, statements = net.forward_train(xb)
             loss = focal_loss(main, yb, weights, cfg.gamma)
@@ -427,7 +429,7 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
                           "aux_weight", "statement_weight", "schedule", "weight_decay", "patience",
                           "ema", "cpu_bf16", "train_folds", "val_folds", "mapping", "head", "crop",
-                          "optimizer", "statement_targets", "statement_head") if k in config},
+                          "optimizer", "statement_targets", "statement_head", "gain_jitter") if k in config},
             "validation": val, "metrics": None}
 
 
