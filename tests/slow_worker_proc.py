@@ -34,10 +34,10 @@ def main(db_url: str, delay_s: float, signals: Path) -> None:
         def __init__(self, model: TriageModel) -> None:
             self.__dict__.update(model.__dict__)
 
-        def predict(self, batch: np.ndarray) -> np.ndarray:
+        def predict_full(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             (signals / "inferring").write_text(str(time.time()))
             time.sleep(delay_s)
-            return super().predict(batch)
+            return super().predict_full(batch)
 
     config = Config(worker={"lease_s": 2, "poll_interval_s": 0.05, "max_attempts": 3},
                     model={"device": "cpu", "batch_size": 4})

@@ -160,11 +160,11 @@ class MemoryLimitedModel(TriageModel):
         self.__dict__.update(model.__dict__)
         self.limit, self.calls = limit, []
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict_full(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(batch))
         if len(batch) > self.limit:
             raise torch.OutOfMemoryError("simulated: batch too large for the device")
-        return super().predict(batch)
+        return super().predict_full(batch)
 
 
 def test_t9_out_of_memory_halves_the_batch(sessions, checkpoint: Path) -> None:
