@@ -28,6 +28,7 @@ LABELS = {DICOM: "DICOM ECG", HL7V2: "HL7 v2 message", AECG: "HL7 aECG", MUSE: "
 EXPECTED = "DICOM, HL7 v2, HL7 aECG, GE MUSE XML, Philips SierraECG XML, SCP-ECG or WFDB .hea"
 SNIFF_BYTES = 4096
 
+_WFDB_SIGNAL_SUFFIXES = (".dat", ".mat", ".xyz")
 _XML_ROOTS = {"annotatedecg": AECG, "restingecg": MUSE, "restingecgdata": SIERRA}
 _PROLOG = re.compile(r"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", re.S)
 _ROOT = re.compile(r"<(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
@@ -158,5 +159,7 @@ def decode_file(path: str | Path) -> Ecg:
         from ecg_gateway.inbound.wfdb import read_wfdb
 
         return read_wfdb(path)
+    if path.suffix.lower() in _WFDB_SIGNAL_SUFFIXES and path.with_suffix(".hea").is_file():
+        raise UndecodableError(f"WFDB signal file: triage its header {path.stem}.hea instead")
     raw = path.read_bytes()
     return decode_message(sniff_content_type(raw[:SNIFF_BYTES]), raw)
