@@ -264,11 +264,12 @@ def _ed_bytes(value: str, enc: Encoding, where: ErrLocation) -> bytes:
 
 
 def _payload_type(payload: bytes, subtype: str) -> str | None:
-    """The ECG document type of an ED payload, by content (subtype DICOM also counts)."""
-    if subtype.strip().upper() == "DICOM":
-        return DICOM
+    """The ECG document type of an ED payload: by content, else DICOM when the subtype says
+    so (a dataset without the Part 10 preamble). A message inside a message is not an ECG."""
     found = sniff(payload[:SNIFF_BYTES])
-    return None if found == HL7V2 else found  # a message inside a message is not an ECG
+    if found is not None and found != HL7V2:
+        return found
+    return DICOM if subtype.strip().upper() == "DICOM" else None
 
 
 # --- identifiers ----------------------------------------------------------------------------
