@@ -183,7 +183,9 @@ async def test_vendor_payloads_that_are_not_ecgs_get_ae_naming_what_was_found(sq
             assert text in raw.decode("latin-1")
         good = (TEST_DATA / "ecgtoolkit_Example.scp").read_bytes()
         assert parse_ack(await client.send(ed_oru(good, control_id="V-4")))["code"] == "AA"
-    assert sqlite_gateway.counts() == (1, 1)
+        mdm = ed_oru(utf16.encode("utf-16"), subtype="XML", control_id="V-5", message_type="MDM^T02^MDM_T02")
+        assert parse_ack(await client.send(mdm))["code"] == "AA"  # a document notification too
+    assert sqlite_gateway.counts() == (2, 2)
 
 
 # --- reliability.md HL7 table ---------------------------------------------------------------

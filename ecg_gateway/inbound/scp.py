@@ -31,7 +31,7 @@ def looks_like_scp(head: bytes) -> bool:
         return False
     sec0_id, sec0_len = struct.unpack_from("<HI", head, 8)
     first_id, _, first_index = struct.unpack_from("<HII", head, _POINTERS_AT)
-    return sec0_id == 0 and sec0_len >= _SECTION_HEADER + 10 and first_id == 0 and first_index == 7
+    return bool(sec0_id == 0 and sec0_len >= _SECTION_HEADER + 10 and first_id == 0 and first_index == 7)
 
 
 def protocol_version(data: bytes) -> str | None:
