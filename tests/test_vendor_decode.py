@@ -8,6 +8,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
@@ -203,3 +205,19 @@ def test_identify_names_what_is_not_an_ecg() -> None:
     assert identify(data(SIERRA_104)[:4096]) == "Philips SierraECG 1.04"
     with pytest.raises(UndecodableError, match="unrecognised file format: a PDF document"):
         sniff_content_type(b"%PDF-1.7\n")
+
+
+@settings(max_examples=80, deadline=None)
+@given(name=st.sampled_from(["ecgtoolkit_Example.scp", SIERRA_103]),
+       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=6),
+       cut=st.integers(0, 10**6))
+def test_mutated_files_raise_only_validation_errors(name: str, flips: list[tuple[int, int]], cut: int) -> None:
+    """Flipped bytes and truncation anywhere: an answer (our two error types), never a crash."""
+    raw = bytearray(data(name))
+    for at, mask in flips:
+        raw[at % len(raw)] ^= mask
+    mutated = bytes(raw[:max(1, cut % (len(raw) + 1))])
+    try:
+        decode_message(sniff_content_type(data(name)[:4096]), mutated)
+    except (InvalidEcgError, UndecodableError):
+        pass

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ecgdatakit import ECGRecord, Lead, Parser
 
 #: ecgdatakit's own format prefix, replaced by the dispatcher's (which names the version)
-_LIBRARY_PREFIX = re.compile(r"^(SCP-ECG|Sierra XML):?\s*")
+_LIBRARY_PREFIX = re.compile(r"^(SCP-ECG|Sierra XML|SCP(?= Section)):?\s*")
 
 
 def parse_record(parser: type[Parser], data: bytes) -> ECGRecord:

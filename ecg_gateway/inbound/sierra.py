@@ -30,7 +30,7 @@ _SIGNAL = "dataacquisition/signalcharacteristics/"
 
 def decode_sierra(xml: bytes) -> Ecg:
     """Decode the parsed (rhythm) waveform of a SierraECG document to 12 leads in mV."""
-    root = parse_xml(xml, "Philips SierraECG document")
+    root = parse_xml(xml, "the document")
     if _local(root.tag) != "restingecgdata":
         raise UndecodableError("not a Philips SierraECG restingecgdata document")
     version = _text(root, "documentinfo/documentversion")
