@@ -11,6 +11,7 @@ record whose CRCs do not match: a corrupted ECG is answered, never triaged.
 
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 
@@ -45,10 +46,9 @@ def decode_scp(data: bytes) -> Ecg:
     if not looks_like_scp(data):
         raise UndecodableError("not an SCP-ECG record (no section 0 at byte 7)")
     _check_declared_samples(data)
-    from ecgdatakit import ChecksumWarning
     from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
-    warnings.filterwarnings("ignore", category=ChecksumWarning)  # answered as an error below
+    _quiet_checksum_warnings()
     record = datakit.parse_record(SCPECGParser, data)
     if record.raw_metadata.get("checksum_valid") is False:
         raise UndecodableError("CRC mismatch, the record is corrupted")
@@ -56,6 +56,15 @@ def decode_scp(data: bytes) -> Ecg:
     ecg = Ecg(signal=np.stack(rows).astype(np.float32), fs=fs, leads=tuple(leads), source="scp",
               acquired_at=datakit.acquired_at(record), demographics=datakit.demographics(record))
     return ecg.with_standard_leads()
+
+
+@functools.cache
+def _quiet_checksum_warnings() -> None:
+    """ecgdatakit warns about a CRC mismatch; we answer it as an error instead (once, since
+    the warning filters are process-wide)."""
+    from ecgdatakit import ChecksumWarning
+
+    warnings.filterwarnings("ignore", category=ChecksumWarning)
 
 
 def _check_declared_samples(data: bytes) -> None:
