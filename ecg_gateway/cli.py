@@ -12,11 +12,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecg_gateway import __version__
 from ecg_gateway.config import Config, load_config
 from ecg_gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ecg_gateway.ecg import Ecg
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 0, 2, 65, 69, 78
 
@@ -202,7 +205,7 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
     return EX_DATAERR if any("error" in obj for obj in objects) else EX_OK
 
 
-def _decode_or_error(name: str) -> Any:
+def _decode_or_error(name: str) -> Ecg | str:
     """The file's Ecg, or a one-line reason naming the format found (never the file's data)."""
     from ecg_gateway.errors import GatewayError
     from ecg_gateway.inbound.decode import decode_file
