@@ -12,11 +12,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecg_gateway import __version__
 from ecg_gateway.config import Config, load_config
 from ecg_gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ecg_gateway.ecg import Ecg
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 0, 2, 65, 69, 78
 
@@ -48,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     check = add("check-config", cmd_check_config, "validate the configuration and print it")
     check.add_argument("--json", action="store_true")
-    triage = add("triage", cmd_triage, "triage ECG files (DICOM, HL7, aECG, MUSE XML, WFDB .hea) without the daemon")
+    triage = add("triage", cmd_triage, "triage ECG files (DICOM, HL7, aECG, MUSE XML, Philips SierraECG "
+                 "XML, SCP-ECG, WFDB .hea) without the daemon")
     triage.add_argument("files", nargs="+", metavar="FILE")
     triage.add_argument("--json", action="store_true")
     outbound = add("outbound", cmd_outbound, "ORU deliveries: list, or retry now")
@@ -183,20 +187,12 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_triage(args: argparse.Namespace, config: Config) -> int:
-    """Decode every file first (one-line error, exit 65, on the first bad one), then one batch."""
-    from ecg_gateway.errors import CheckpointError, GatewayError
-    from ecg_gateway.inbound.decode import decode_file
+    """Triage the files in batches. A file that cannot be read or decoded does not stop the
+    run: it gets ``{"file", "error"}`` (or an error line) and the exit code is 65 at the end."""
+    from ecg_gateway.errors import CheckpointError
     from ecg_gateway.triage.model import cpu_threads, load_model, set_operating_point
     from ecg_gateway.triage.service import Triager
 
-    ecgs = []
-    for name in args.files:
-        try:
-            ecgs.append(decode_file(name))
-        except OSError as exc:
-            raise CliError(f"{name}: cannot read: {exc.strerror}", EX_DATAERR) from exc
-        except GatewayError as exc:
-            raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
     try:
         cores = cpu_threads(config.model.cpu_threads, shares_process=False)
         model = set_operating_point(load_model(config.model.path, device=config.model.device,
@@ -204,20 +200,45 @@ def cmd_triage(args: argparse.Namespace, config: Config) -> int:
                                     config.model.acute_flag_budget, config.model.acute_threshold)
     except CheckpointError as exc:
         raise CliError(str(exc), EX_CONFIG) from exc
-    outcomes = []
-    size = config.model.batch_size
-    for start in range(0, len(ecgs), size):
-        outcomes.extend(Triager(model).triage(ecgs[start:start + size]))
+    triager, size = Triager(model), config.model.batch_size
+    objects: list[dict[str, Any]] = []
+    for start in range(0, len(args.files), size):
+        decoded = [(name, _decode_or_error(name)) for name in args.files[start:start + size]]
+        outcomes = iter(triager.triage([item for _, item in decoded if not isinstance(item, str)]))
+        for name, item in decoded:
+            objects.append({"file": name, "error": item} if isinstance(item, str)
+                           else {"file": name, **next(outcomes).to_json()})
+            if not args.json:
+                _print_triage_line(objects[-1])
     if args.json:
-        objects = [{"file": name, **o.to_json()} for name, o in zip(args.files, outcomes, strict=True)]
         print(json.dumps(objects[0] if len(objects) == 1 else objects, sort_keys=True))
-        return EX_OK
-    for name, outcome in zip(args.files, outcomes, strict=True):
-        probs = " ".join(f"{k}={v:.3f}" for k, v in (outcome.probabilities or {}).items())
-        reasons = f" reasons={','.join(outcome.quality.reasons)}" if outcome.quality.reasons else ""
-        print(f"{name}: {outcome.category} {probs}{reasons}")
-    print(f"model: {model.model_id} sha256={model.sha256[:16]}{' (PLACEHOLDER)' if model.placeholder else ''}")
-    return EX_OK
+    else:
+        print(f"model: {model.model_id} sha256={model.sha256[:16]}{' (PLACEHOLDER)' if model.placeholder else ''}")
+    return EX_DATAERR if any("error" in obj for obj in objects) else EX_OK
+
+
+def _decode_or_error(name: str) -> Ecg | str:
+    """The file's Ecg, or a one-line reason naming the format found (never the file's data)."""
+    from ecg_gateway.errors import GatewayError
+    from ecg_gateway.inbound.decode import decode_file
+
+    try:
+        return decode_file(name)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or type(exc).__name__}"
+    except GatewayError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a decoder bug costs this file, not the run
+        return f"decoder failed ({type(exc).__name__})"
+
+
+def _print_triage_line(obj: dict[str, Any]) -> None:
+    if "error" in obj:
+        print(f"ecg-gateway: error: {obj['file']}: {obj['error']}", file=sys.stderr)
+        return
+    probs = " ".join(f"{k}={v:.3f}" for k, v in (obj["probabilities"] or {}).items())
+    reasons = obj["quality"]["reasons"]
+    print(f"{obj['file']}: {obj['category']} {probs}{' reasons=' + ','.join(reasons) if reasons else ''}")
 
 
 def cmd_outbound(args: argparse.Namespace, config: Config) -> int:

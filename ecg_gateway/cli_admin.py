@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -53,8 +54,12 @@ def register(sub: Any, add: AddCommand) -> None:
     dicom.add_argument("--called-aet", help="default: dicom.ae_title of the config")
     dicom.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     dicom.add_argument("--json", action="store_true")
-    hl7 = add("send-hl7", cmd_send_hl7, "send an HL7 v2 file over MLLP and print the ACK's MSA")
-    hl7.add_argument("file", metavar="FILE")
+    hl7 = add("send-hl7", cmd_send_hl7, "send HL7 v2 files over MLLP (one connection) and print "
+              "each ACK's MSA")
+    hl7.add_argument("files", nargs="+", metavar="FILE")
+    hl7.add_argument("--wrap", action="store_true",
+                     help="FILE is an ECG document (DICOM, aECG, MUSE, SierraECG, SCP-ECG): send it "
+                          "as the ED OBX of an ORU^R01 with the patient fields it holds")
     hl7.add_argument("--host", help="default: hl7.host of the config")
     hl7.add_argument("--port", type=int, help="default: hl7.port of the config")
     hl7.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
@@ -162,30 +167,71 @@ def cmd_send_dicom(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:
+    """Send each file in turn; an unreadable file or a refusal costs that file (exit 65 at the
+    end), a gateway that cannot be reached stops the run (69)."""
     from ecg_gateway.mllp import MllpClient, MllpError
 
     host, port = args.host or config.hl7.host, args.port or config.hl7.port
-    payload = _read_hl7(args.file)
+    answers: list[dict[str, Any]] = [{"file": name} for name in args.files]
+    payloads: list[tuple[dict[str, Any], bytes]] = []
+    for answer in answers:
+        try:
+            payloads.append((answer, _wrap(answer["file"]) if args.wrap else _read_hl7(answer["file"])))
+        except CliError as exc:
+            answer["error"] = str(exc)  # the message names the file
 
-    async def send() -> bytes:
+    async def send() -> list[bytes]:
         async with MllpClient(host, port, connect_timeout_s=args.timeout,
                               ack_timeout_s=args.timeout) as client:
-            return await client.send(payload)
+            return [await client.send(payload) for _, payload in payloads]
 
     try:
-        ack = asyncio.run(send())
+        acks = asyncio.run(send()) if payloads else []
     except (MllpError, OSError) as exc:
         raise CliError(f"{host}:{port}: {exc}", EX_UNAVAILABLE) from exc
-    answer = parse_ack(ack)
-    if answer is None:
-        raise CliError(f"{host}:{port}: the answer has no MSA segment", EX_UNAVAILABLE)
-    err = f" ERR {answer['error_code']}" if answer["error_code"] else ""
-    line = f"{answer['msa']}{err}"
-    if answer["code"] in ("AA", "CA"):
-        _print(args, answer, line)
-        return EX_OK
-    _fail_with(args, answer, f"{host}:{port} answered {line}",
-               EX_UNAVAILABLE if answer["error_code"] == "207" else EX_DATAERR)
+    for (answer, _), ack in zip(payloads, acks, strict=True):
+        msa = parse_ack(ack)
+        if msa is None:
+            raise CliError(f"{host}:{port}: the answer to {answer['file']} has no MSA segment",
+                           EX_UNAVAILABLE)
+        answer.update(msa)
+    return _report_sends(args, answers, f"{host}:{port}")
+
+
+def _report_sends(args: argparse.Namespace, answers: list[dict[str, Any]], peer: str) -> int:
+    """One line (or JSON object) per file; the exit code of the worst outcome."""
+    code = EX_OK
+    for answer in answers:
+        prefix = f"{answer['file']}: " if len(args.files) > 1 else ""
+        if "error" in answer:
+            prefix, line, failed = "", answer["error"], EX_DATAERR
+        else:
+            err = f" ERR {answer['error_code']}" if answer["error_code"] else ""
+            line = f"{answer['msa']}{err}"
+            failed = EX_OK if answer["code"] in ("AA", "CA") else (
+                EX_UNAVAILABLE if answer["error_code"] == "207" else EX_DATAERR)
+            if failed:
+                line = f"{peer} answered {line}"
+        if failed:
+            print(f"ecg-gateway: error: {prefix}{line}", file=sys.stderr)
+            code = max(code, failed)
+        elif not args.json:
+            print(f"{prefix}{line}")
+    if args.json:
+        print(json.dumps(answers[0] if len(answers) == 1 else answers, sort_keys=True))
+    return code
+
+
+def _wrap(name: str) -> bytes:
+    from ecg_gateway.errors import GatewayError
+    from ecg_gateway.inbound.wrap import wrap_ecg_file
+
+    try:
+        return wrap_ecg_file(Path(name))
+    except OSError as exc:
+        raise CliError(f"{name}: cannot read: {exc.strerror}", EX_DATAERR) from exc
+    except GatewayError as exc:
+        raise CliError(f"{name}: {exc}", EX_DATAERR) from exc
 
 
 def _fail_with(args: argparse.Namespace, answer: dict[str, Any], line: str, code: int) -> NoReturn:

@@ -1,7 +1,7 @@
 """The one ECG record type every decoder produces and every consumer reads.
 
-Decoders (DICOM, HL7 v2 waveform, aECG, GE MUSE XML, WFDB) build an :class:`Ecg`;
-the quality gate, the model, the renderer and training read nothing else.
+Decoders (DICOM, HL7 v2 waveform, aECG, GE MUSE XML, Philips SierraECG XML, SCP-ECG, WFDB)
+build an :class:`Ecg`; the quality gate, the model, the renderer and training read nothing else.
 """
 
 from __future__ import annotations

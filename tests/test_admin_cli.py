@@ -178,3 +178,36 @@ def test_send_hl7(ingest_gateway, tmp_path: Path) -> None:  # type: ignore[no-un
     _fails(65, "send-hl7", str(empty), *c, match="MSA|AE|SEND-HL7-3")
     _fails(65, "send-hl7", str(config), *c, match="not an HL7 v2 message")
     _fails(69, "send-hl7", str(good), "--config", str(config), "--port", "1", match="cannot connect")
+
+
+def test_send_hl7_wrap_sends_each_ecg_document_as_an_ed_oru(ingest_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from ecg_gateway.inbound.decode import decode_message
+    from tests.conftest import TEST_DATA
+
+    proc, config = ingest_gateway
+    c = ("--config", str(config), "--port", str(proc.ports["hl7"]))
+    files = [TEST_DATA / "ecgtoolkit_Example.scp", TEST_DATA / "ad4d3d80-d165_1-04_orig.xml",
+             TEST_DATA / "129DYPRG.XML", TEST_DATA / "ecgtoolkit_Example.dcm",
+             TEST_DATA / "philips_ad4d3d80-d165_1-04_converted.xml",
+             shared_data("vendor-xml", "ge-muse", "easyRecg_muse_ecg1.xml")]
+    answers = json.loads(_ok("send-hl7", "--wrap", "--json", *map(str, files), *c))
+    assert [a["file"] for a in answers] == list(map(str, files))
+    assert {a["code"] for a in answers} == {"AA"}
+    engine = make_engine(str(json.loads(_ok("check-config", "--config", str(config), "--json"))
+                             ["database"]["url"]))
+    with make_session_factory(engine)() as s:
+        rows = {row.ecg_uid: row for row in s.scalars(select(Message))}
+    engine.dispose()
+    assert set(rows) == {a["control_id"] for a in answers}
+    scp = rows[answers[0]["control_id"]]
+    assert scp.identifiers["patient_id"] == "SBJ-123"  # PID-3 filled from the SCP-ECG file
+    assert decode_message(scp.content_type, scp.raw).n_samples == 5000
+    assert rows[answers[1]["control_id"]].identifiers["patient_id"] == "9999"
+
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(b"%PDF-1.7\n")
+    result = run_cli("send-hl7", "--wrap", str(pdf), str(files[0]), *c)
+    assert result.returncode == 65 and result.stdout.startswith(f"{files[0]}: MSA|AA|")
+    assert f"{pdf}: unrecognised file format: a PDF document" in result.stderr
+    _fails(65, "send-hl7", "--wrap", str(shared_data("ptbxl", "records100", "00000", "00001_lr.hea")), *c,
+           match="a WFDB record is not a document to encapsulate")

@@ -112,10 +112,34 @@ def _payloads(record) -> dict[str, tuple[bytes, object]]:  # type: ignore[no-unt
         "c-ed-aecg": (ed_oru(aecg, subtype="XML", data_type="text", control_id="C-1"), (dicom_ecg, 2.5e-3)),
         "d-ed-muse": (ed_oru(muse, subtype="XML", data_type="text", control_id="D-1"),
                       (decode_muse(muse), 0.0)),
+        **_vendor_payloads(),
     }
 
 
-@pytest.mark.parametrize("kind", ["a-native-MA", "a-native-NA", "b-ed-dicom", "c-ed-aecg", "d-ed-muse"])
+def _vendor_payloads() -> dict[str, tuple[bytes, object]]:
+    """Philips SierraECG 1.03 (UTF-8) and 1.04 (UTF-16), SCP-ECG: as carts' ED OBX carry them."""
+    from ecg_gateway.inbound.aecg import decode_aecg
+    from tests.conftest import TEST_DATA
+
+    def read(name: str) -> bytes:
+        return (TEST_DATA / name).read_bytes()
+
+    dicom_ecg = decode_dicom_bytes(read("ecgtoolkit_Example.dcm"))
+    converted = decode_aecg(read("philips_ad4d3d80-d165_1-04_converted.xml"))
+    from ecg_gateway.inbound.sierra import decode_sierra
+
+    return {
+        "e-ed-sierra-1.03": (ed_oru(read("129DYPRG.XML"), subtype="XML", control_id="E-1"),
+                             (decode_sierra(read("129DYPRG.XML")), 0.0)),
+        "f-ed-sierra-1.04-utf16": (ed_oru(read("ad4d3d80-d165_1-04_orig.xml"), subtype="XML",
+                                          control_id="F-1"), (converted, 20e-3)),  # 4 LSB: notch
+        "g-ed-scp": (ed_oru(read("ecgtoolkit_Example.scp"), subtype="Octet-stream", control_id="G-1"),
+                     (dicom_ecg, 0.0)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["a-native-MA", "a-native-NA", "b-ed-dicom", "c-ed-aecg", "d-ed-muse",
+                                  "e-ed-sierra-1.03", "f-ed-sierra-1.04-utf16", "g-ed-scp"])
 async def test_each_payload_kind_is_acked_after_commit(gateway: Gateway, record, kind: str) -> None:  # type: ignore[no-untyped-def]
     payload, (want, quantum) = _payloads(record)[kind]
     control_id = parse_header(payload).control_id
@@ -130,7 +154,38 @@ async def test_each_payload_kind_is_acked_after_commit(gateway: Gateway, record,
     assert row.identifiers["patient_id"] == "PAT-0001" and row.identifiers["placer_order"] == "PLC-77"
     stored = decode_message(row.content_type, row.raw)  # what the worker will see
     assert stored.leads == want.leads and stored.fs == want.fs  # type: ignore[attr-defined]
-    assert np.abs(stored.signal - want.signal).max() <= quantum  # type: ignore[attr-defined]
+    assert np.abs(stored.signal - want.signal).max() <= quantum + 1e-6  # type: ignore[attr-defined]
+
+
+async def test_vendor_payloads_that_are_not_ecgs_get_ae_naming_what_was_found(sqlite_gateway: Gateway) -> None:
+    """AE with ERR: the format and version found, and why; nothing stored; the next one is AA."""
+    import re
+
+    from tests.conftest import TEST_DATA
+
+    utf16 = (TEST_DATA / "ad4d3d80-d165_1-04_orig.xml").read_bytes().decode("utf-16")
+    no_wave = re.sub(r"<parsedwaveforms.*?</parsedwaveforms>", "", utf16, flags=re.S).encode("utf-16")
+    scp = bytearray((TEST_DATA / "ecgtoolkit_Example.scp").read_bytes())
+    scp[20000] ^= 0xFF
+    cases = [
+        (ed_oru(no_wave, subtype="XML", control_id="V-1"), "102",
+         "encapsulated ECG: Philips SierraECG 1.04: no parsed waveform"),
+        (ed_oru(bytes(scp), subtype="Octet-stream", control_id="V-2"), "102",
+         "encapsulated ECG: SCP-ECG 2.0: CRC mismatch, the record is corrupted"),
+        (ed_oru(b"%PDF-1.7\n", subtype="PDF", control_id="V-3"), "101",
+         "no ECG waveform in the message (ED: a PDF document)"),
+    ]
+    async with sqlite_gateway.client() as client:
+        for message, code, text in cases:
+            raw = await client.send(message)
+            ack = parse_ack(raw)
+            assert (ack["code"], ack["err"]) == ("AE", code)
+            assert text in raw.decode("latin-1")
+        good = (TEST_DATA / "ecgtoolkit_Example.scp").read_bytes()
+        assert parse_ack(await client.send(ed_oru(good, control_id="V-4")))["code"] == "AA"
+        mdm = ed_oru(utf16.encode("utf-16"), subtype="XML", control_id="V-5", message_type="MDM^T02^MDM_T02")
+        assert parse_ack(await client.send(mdm))["code"] == "AA"  # a document notification too
+    assert sqlite_gateway.counts() == (2, 2)
 
 
 # --- reliability.md HL7 table ---------------------------------------------------------------

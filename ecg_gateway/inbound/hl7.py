@@ -10,8 +10,9 @@ Accepted OBX layouts (docs: the interface spec in the report of issue #3):
   of one group are concatenated in order. value = raw x sensitivity x correction + baseline,
   in the CSU unit.
 * Encapsulated (OBX-2 ``ED``, source^type^subtype^encoding^data, encoding Base64, Hex or A):
-  a DICOM ECG object, an HL7 aECG document or a GE MUSE XML export, recognised by content.
-  Other ED payloads (PDF reports) are skipped.
+  a DICOM ECG object, an HL7 aECG document, a GE MUSE XML export, a Philips SierraECG XML
+  export or an SCP-ECG record, recognised by content (:mod:`.decode`). Other ED payloads
+  (PDF reports) are skipped.
 
 Every path returns the same Ecg the DICOM decoder gives for the same recording (12 standard
 leads in mV). Content errors raise :class:`Hl7ContentError` with the ERR location; PID,
@@ -21,7 +22,6 @@ PV1 and order numbers become :class:`Demographics` (stored, never logged).
 from __future__ import annotations
 
 import binascii
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -30,6 +30,7 @@ import numpy as np
 from ecg_gateway.ecg import Demographics, Ecg
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import FS_RANGE, MAX_SAMPLES, parse_ts
+from ecg_gateway.inbound.decode import DICOM, HL7V2, SNIFF_BYTES, decode_message, identify, sniff
 from ecg_gateway.inbound.hl7_tokens import (
     Encoding,
     ErrLocation,
@@ -222,19 +223,26 @@ def _start_time(msg: Hl7Message) -> datetime | None:
 # --- encapsulated documents ---------------------------------------------------------------
 
 def _encapsulated(msg: Hl7Message, obx: list[Segment]) -> Ecg | None:
+    """The first ED payload that is an ECG document; PDFs and other attachments are skipped
+    (and named in the AE when nothing else is there)."""
+    skipped: list[str] = []
     for seg in obx:
         if seg.get(2).strip().upper() != "ED":
             continue
         where = ErrLocation("OBX", seg.sequence, 5)
         payload = _ed_bytes(seg.get(5), msg.enc, where)
-        decoder = _payload_decoder(payload, component(seg.get(5), msg.enc, 3))
-        if decoder is None:
-            continue  # a PDF report or another attachment: not an ECG
+        content_type = _payload_type(payload, component(seg.get(5), msg.enc, 3))
+        if content_type is None:
+            skipped.append(identify(payload[:SNIFF_BYTES]))
+            continue
         try:
-            return decoder(payload)
+            return decode_message(content_type, payload)
         except (InvalidEcgError, UndecodableError) as exc:
             embedded = f" ({exc.field})" if isinstance(exc, InvalidEcgError) and exc.field else ""
             raise Hl7ContentError(f"encapsulated ECG: {exc}{embedded}", where) from exc
+    if skipped:
+        raise Hl7ContentError(f"no ECG waveform in the message (ED: {', '.join(skipped)})",
+                              ErrLocation("OBX", None, 5), code=101)
     return None
 
 
@@ -255,23 +263,13 @@ def _ed_bytes(value: str, enc: Encoding, where: ErrLocation) -> bytes:
     raise Hl7ContentError("unsupported encapsulated data encoding", replace(where, component=4), code=103)
 
 
-def _payload_decoder(payload: bytes, subtype: str) -> Callable[[bytes], Ecg] | None:
-    if payload[128:132] == b"DICM" or subtype.strip().upper() == "DICOM":
-        from ecg_gateway.inbound.dicom import decode_dicom_bytes
-
-        return lambda raw: decode_dicom_bytes(raw, accept_hemodynamic=True)
-    head = payload[:4096].lstrip(b"\xef\xbb\xbf \r\n\t")
-    if head.startswith(b"<"):
-        lowered = head.lower()
-        if b"annotatedecg" in lowered:
-            from ecg_gateway.inbound.aecg import decode_aecg
-
-            return decode_aecg
-        if b"restingecg" in lowered:
-            from ecg_gateway.inbound.muse import decode_muse
-
-            return decode_muse
-    return None
+def _payload_type(payload: bytes, subtype: str) -> str | None:
+    """The ECG document type of an ED payload: by content, else DICOM when the subtype says
+    so (a dataset without the Part 10 preamble). A message inside a message is not an ECG."""
+    found = sniff(payload[:SNIFF_BYTES])
+    if found is not None and found != HL7V2:
+        return found
+    return DICOM if subtype.strip().upper() == "DICOM" else None
 
 
 # --- identifiers ----------------------------------------------------------------------------

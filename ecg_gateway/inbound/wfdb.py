@@ -8,7 +8,8 @@ Two flavours occur in our data:
   the record ``E00271.mat`` on their first line, which ``wfdb.rdheader`` rejects, so these
   headers are parsed here, as the Challenge's own code does.
 
-``wfdb`` is imported lazily: the daemon never needs it.
+``wfdb`` (a core dependency, so `ecg-gateway triage x.hea` works after a plain install) is
+imported lazily: the daemon never needs it.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ def _read_mat(folder: Path, files: set[str]) -> np.ndarray:
 def _read_with_wfdb(record_path: Path) -> np.ndarray:
     try:
         import wfdb
-    except ImportError as exc:  # pragma: no cover - the train extra is missing
-        raise UndecodableError("reading WFDB .dat needs the 'wfdb' package (train extra)") from exc
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise UndecodableError("reading WFDB .dat needs the 'wfdb' package (a core dependency)") from exc
     try:
         rec = wfdb.rdrecord(str(record_path), physical=False, return_res=32)
     except (OSError, ValueError) as exc:
