@@ -18,6 +18,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.signal import butter, find_peaks, resample_poly, sosfiltfilt
 
 from ecg_gateway.ecg import Ecg
+from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.evidence import Measurements
 
 FS = 500.0  # analysis rate: 2 ms resolution; faster recordings are decimated
@@ -32,9 +33,13 @@ _I, _AVF = 0, 5  # lead indices in STANDARD_LEADS order
 def measure(ecg: Ecg) -> Measurements:
     """Global measurements of one ECG; every field it cannot measure is ``None``."""
     try:
-        signal, fs = _prepare(ecg)
-    except ValueError:
+        return _measure(ecg)
+    except (InvalidEcgError, ValueError, IndexError):  # missing leads, too short for the filters
         return Measurements()
+
+
+def _measure(ecg: Ecg) -> Measurements:
+    signal, fs = _prepare(ecg)
     r_peaks = detect_r_peaks(signal, fs)
     if len(r_peaks) < MIN_BEATS:
         return Measurements()

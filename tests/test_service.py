@@ -21,7 +21,9 @@ def test_outcomes_in_order_with_the_documented_json(triager: Triager) -> None:
     no_v1 = Ecg(ecgs[0].signal[[0, 1, 3, 4, 5, 6, 7]], 100, ("I", "II", "V2", "V3", "V4", "V5", "V6"), "t")
     outcomes = triager.triage([*ecgs, no_v1])
     real, flat, dicom, missing = (o.to_json() for o in outcomes)
-    assert set(real) == {"category", "probabilities", "quality", "model"}
+    assert set(real) == {"category", "probabilities", "quality", "model", "statements", "measurements",
+                         "decision"}
+    assert dicom["measurements"]["qrs_ms"] > 0 and flat["measurements"] == {}
     assert list(real["probabilities"]) == [c.value for c in CATEGORY_ORDER]
     assert sum(real["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert real["category"] in {c.value for c in CATEGORY_ORDER} and dicom["quality"]["ok"] is True

@@ -15,6 +15,7 @@ import numpy as np
 from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
+from ecg_gateway.measure import measure
 from ecg_gateway.triage.decide import decide
 from ecg_gateway.triage.model import TriageModel
 from ecg_gateway.triage.preprocess import preprocess
@@ -73,16 +74,18 @@ class Triager:
         inputs = [x for _, x in prepared if x is not None]
         probs = iter(self.model.predict(np.stack(inputs)) if inputs else [])
         outcomes = []
-        for report, x in prepared:
+        for ecg, (report, x) in zip(ecgs, prepared, strict=True):
             p = next(probs) if x is not None else None
             if report.ok and p is not None:
                 category = decide(p, self.model.thresholds).value
             else:
                 category = UNINTERPRETABLE
+            # measured only where the gate passed the signal: a noisy ECG gets no numbers
+            measured = measure(ecg) if category != UNINTERPRETABLE else Measurements()
             outcomes.append(TriageOutcome(
                 category=category,
                 probabilities=None if p is None else {n: float(v) for n, v in zip(CATEGORY_NAMES, p, strict=True)},
                 quality=report, model_id=self.model.model_id, model_sha256=self.model.sha256,
-                placeholder=self.model.placeholder,
+                placeholder=self.model.placeholder, measurements=measured,
             ))
         return outcomes
