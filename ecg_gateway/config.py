@@ -88,6 +88,10 @@ class OutboundConfig(Section):
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     attach_pdf: bool = Field(True, description="ED OBX with the rendered 12-lead PDF")
+    acute_pdf_budget_s: float = Field(0.15, gt=0, le=10, description="longest an acute ORU waits for its "
+                                      "PDF; a later PDF follows in a corrected ORU (OBR-25 C)")
+    pdf_ed_type: str = Field("Application^PDF", pattern=r"^[A-Za-z0-9.+-]+\^[A-Za-z0-9.+-]+$",
+                             description="ED OBX-5 type of data ^ subtype (tables 0191/0291); e.g. AP^PDF")
     sending_application: str = "ECG-GATEWAY"
     sending_facility: str = "HOSP"
     receiving_application: str = "EHR"
