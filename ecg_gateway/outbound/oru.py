@@ -26,6 +26,8 @@ from __future__ import annotations
 import base64
 import math
 import re
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -79,6 +81,19 @@ _SEXES = frozenset("FMOUAN")
 _ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
 _ESCAPES.update({chr(c): f"\\X{c:02X}\\" for c in (*range(0x20), 0x7F)})
 _TABLE = str.maketrans(_ESCAPES)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_control_id(now_ms: int | None = None) -> str:
+    """A fresh MSH-10, unique across databases, gateways and rebuilds without coordination:
+    ``ECGGW`` + 10 Crockford base32 digits of the Unix time in ms + 5 of 25 random bits
+    (20 characters, so receivers that keep the v2.3 limit of 20 accept it; time-ordered)."""
+    stamp = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (stamp << 25) | secrets.randbits(25)
+    digits = "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(70, -1, -5))
+    return "ECGGW" + digits[-15:]
 
 
 class ComposeError(GatewayError):
