@@ -245,7 +245,8 @@ def cost(rows: list[Row]) -> str:
     worst = max(costs) if costs else float("nan")
     return (f"cost per ECG (one core, median of repeats): median {statistics.median(costs):.1f} ms, "
             f"worst file {worst:.1f} ms; anchor {COST_ANCHOR_MS:.0f} ms -> "
-            f"{worst / COST_ANCHOR_MS:.2f} x the anchor ({'within' if worst <= COST_ANCHOR_MS else 'OVER'})")
+            f"{worst / COST_ANCHOR_MS:.2f} x the anchor ({'within' if worst <= COST_ANCHOR_MS else 'OVER'}); "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,8 @@ from ecg_gateway.ecg import UNINTERPRETABLE, TriageCategory
 from ecg_gateway.errors import ConfigError
 
 OUTBOUND_CATEGORIES = tuple(c.value for c in TriageCategory) + (UNINTERPRETABLE,)
+#: keys read only from the environment (secrets): the example file shows them commented out
+ENV_ONLY = {("http", "admin_token")}
 
 
 class Section(BaseModel):
@@ -73,8 +75,9 @@ class HttpConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 = any free port (logged)")
-    admin_token: str | None = Field(None, description="protects admin actions on the web page; secret: set it "
-                                    "only by ECG_GATEWAY__HTTP__ADMIN_TOKEN or admin_token_file")
+    admin_token: str | None = Field(None, description="protects admin actions on the web page; a secret, "
+                                    "so environment only: ECG_GATEWAY__HTTP__ADMIN_TOKEN (or admin_token_file); "
+                                    "refused in this file")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
 
 
@@ -294,6 +297,7 @@ def example_yaml() -> str:
             if field_info.description:
                 lines.append(f"  # {field_info.description}")
             value = yaml.safe_dump({key: defaults[section][key]}, default_flow_style=True, width=200)
-            lines.append("  " + value.strip()[1:-1])
+            comment = "# " if (section, key) in ENV_ONLY else ""
+            lines.append("  " + comment + value.strip()[1:-1])
         lines.append("")
     return "\n".join(lines)

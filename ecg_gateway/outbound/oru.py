@@ -275,7 +275,7 @@ def _observations(result: ResultView, message: MessageView, observed: str,
         name, _, code = CATEGORIES[category.value]
         obx.append(_obx("NM", f"{code}^Probability {name.lower()}^{LOCAL_SYSTEM}",
                         f"{p:.4f}", units="1^^UCUM", **stamp))
-    obx += _measurement_obx(result, observed, stamp["equipment"])
+    obx += _measurement_obx(result, observed)
     obx += _statement_obx(result, stamp)
     obx.append(_obx("ST", EKG_IMPRESSION, escape(impression(result)), flag=flag, **stamp))
     if pdf is not None:
@@ -292,7 +292,7 @@ def _observations(result: ResultView, message: MessageView, observed: str,
     return segments
 
 
-def _measurement_obx(result: ResultView, observed: str, equipment: str) -> list[str]:
+def _measurement_obx(result: ResultView, observed: str) -> list[str]:
     """One NM per measured value (integers: ms, /min, degrees); unmeasured ones are absent."""
     out = []
     for name, (code, units, method) in MEASUREMENT_OBX.items():
@@ -300,7 +300,7 @@ def _measurement_obx(result: ResultView, observed: str, equipment: str) -> list[
         if value is None or not math.isfinite(value):
             continue
         out.append(_obx("NM", code, f"{value:.0f}", units=units, observed=observed,
-                        method=method or MEASURED_BY, equipment=equipment))
+                        method=method or MEASURED_BY))
     return out
 
 
