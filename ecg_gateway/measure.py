@@ -61,7 +61,7 @@ def _measure(ecg: Ecg) -> Measurements:
 
 
 def _prepare(ecg: Ecg) -> tuple[np.ndarray, float]:
-    """The 12 standard leads at <= 500 Hz, baseline wander and mains noise filtered out."""
+    """The 12 standard leads at <= 500 Hz, band-passed 0.5-100 Hz (baseline wander, noise)."""
     x = ecg.with_standard_leads().signal.astype(np.float64)
     fs = float(ecg.fs)
     if fs > FS * 1.01:
