@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ecg_gateway.store.models import Event, Job, JobState, Message, Outbound, OutboundKind, OutboundState, Result
+from ecg_gateway.store.models import (
+    Event, Job, JobState, Message, Outbound, OutboundKind, OutboundState, Result,
+)
 
 
 def recent_ecgs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
