@@ -321,7 +321,8 @@ class Sender:
             if outcome.verdict is Verdict.DELIVERED:
                 self._mark_delivered(s, work.id)
                 kind = "delivered"
-                if work.category == TriageCategory.ACUTE.value and work.kind == OutboundKind.RESULT.value:
+                first = work.kind == OutboundKind.RESULT.value
+                if work.category == TriageCategory.ACUTE.value and first:
                     e2e_s = _received_to_delivered_s(s, work.id)
                 log.info("outbound_delivered", ack=outcome.code, **fields)
             elif outcome.verdict is Verdict.DEAD:
@@ -347,7 +348,8 @@ class Sender:
 
     def _mark_delivered(self, s: Session, row_id: int) -> None:
         now = db_now(s.get_bind().dialect.name)
-        if complete(s, Outbound, row_id, delivered_at=now, last_error=None):  # errors are history now
+        # delivered: earlier errors are history (events), no longer the row's state
+        if complete(s, Outbound, row_id, delivered_at=now, last_error=None):
             return
         # Our lease ran out while we waited, but the EHR has the message: record that.
         log.warning("outbound_lease_lost", outbound_id=row_id)
