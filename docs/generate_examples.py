@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from ecg_gateway.config import OutboundConfig, example_yaml
 from ecg_gateway.ecg import Demographics
+from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.inbound.hl7 import decode_hl7, parse_message
 from ecg_gateway.inbound.hl7_ack import build_ack
 from ecg_gateway.inbound.hl7_receiver import Hl7Receiver
@@ -94,25 +95,37 @@ def _view(demographics: Demographics, uid: str, acquired: datetime | None) -> Me
                        acquired_at=acquired)
 
 
-def oru_acute() -> bytes:
-    """The ORU^R01 for the example message, triaged acute, with its PDF attached."""
+#: made-up values of the kind ecg_gateway.measure reports (the 4-sample example has no beats)
+MEASURED = Measurements(heart_rate_bpm=88.0, pr_ms=164.0, qrs_ms=92.0, qt_ms=372.0,
+                        qtc_bazett_ms=450.6, qtc_fridericia_ms=422.4, p_axis_deg=54.0,
+                        qrs_axis_deg=-8.0, t_axis_deg=112.0)
+ACUTE_CONTROL_ID = "ECGGW01JGKXR9TB0F7QK"  # the form new_control_id() makes (time + random)
+
+
+def oru_acute(correction: bool = False) -> bytes:
+    """The ORU^R01 for the example message, triaged acute, with measurements, a statement,
+    the deciding rule and its PDF attached."""
     ecg = decode_hl7(inbound_oru())
     result = ResultView("acute", 0.0112, 0.0315, 0.0421, 0.9152, model_id="ecg-resnet@1.0",
-                        model_sha256=FAKE_SHA256)
+                        model_sha256=FAKE_SHA256, measurements=MEASURED,
+                        statements=(Statement("STE_", "non-specific ST elevation", 0.8731),),
+                        decision=DecisionRule("threshold", "p(acute) 0.92 >= 0.12, the threshold "
+                                              "that flags 10 % of ECGs", 0.12, 0.1))
+    control_id = "ECGGW01JGKXRA3Q07N2D" if correction else ACUTE_CONTROL_ID
     return compose_oru(result, _view(ecg.demographics, ecg.uid or "", ecg.acquired_at),
-                       "ECGGW0000000042", OutboundConfig(), FAKE_PDF, SEND_TIME)
+                       control_id, OutboundConfig(), FAKE_PDF, SEND_TIME, correction=correction)
 
 
 def oru_uninterpretable() -> bytes:
     """A DICOM ECG (no location known) that failed the quality gate: no PDF, no probabilities."""
-    demographics = Demographics(patient_id="TEST-0002", patient_name="TEST^PATIENT^B",
+    demographics = Demographics(patient_id="TEST-0002^^^HOSP", patient_name="TEST^PATIENT^B",
                                 birth_date="19800202", sex="M", accession="ACC-0002")
     result = ResultView("uninterpretable", None, None, None, None, model_id="ecg-resnet@1.0",
                         model_sha256=FAKE_SHA256,
                         quality={"reasons": ["lead_off:V1,V2", "flat:V3"]})
     view = _view(demographics, "2.25.123456789012345678901234567890",
                  datetime(2025, 1, 1, 9, 30, 0))
-    return compose_oru(result, view, "ECGGW0000000043", OutboundConfig(), None, SEND_TIME)
+    return compose_oru(result, view, "ECGGW01JGKXQ2M90S4VW", OutboundConfig(), None, SEND_TIME)
 
 
 def _er7(raw: bytes) -> str:
@@ -125,6 +138,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     "ack-ae": lambda: _er7(ack_ae()),
     "ack-ar": lambda: _er7(ack_ar()),
     "oru-acute": lambda: _er7(oru_acute()),
+    "oru-correction-order": lambda: "\n".join(line for line in _er7(oru_acute(correction=True)).split("\n")
+                                               if line.startswith(("MSH", "ORC", "OBR"))),
     "oru-uninterpretable": lambda: _er7(oru_uninterpretable()),
     "config-example": lambda: example_yaml().rstrip("\n"),
 }

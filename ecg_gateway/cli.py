@@ -254,8 +254,10 @@ def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
             print(json.dumps(rows, default=str, sort_keys=True))
             return EX_OK
         for row in rows:
-            print(f"{row['id']:>6} {row['control_id']} {row['state']:<9} {row['category'] or '':<18} "
-                  f"attempts={row['attempts']}/{row['max_attempts']} {row['last_error'] or ''}")
+            error = f"last error: {row['last_error']}" if row["last_error"] else ""
+            print(f"{row['id']:>6} {row['control_id']} {row['kind']:<10} {row['state']:<9} "
+                  f"{row['category'] or '':<18} attempts={row['attempts']}/{row['max_attempts']} "
+                  f"{error}".rstrip())
         print(f"{len(rows)} row(s)")
         return EX_OK
     if not args.ids and not args.dead:

@@ -18,6 +18,8 @@ from ecg_gateway.ecg import UNINTERPRETABLE, TriageCategory
 from ecg_gateway.errors import ConfigError
 
 OUTBOUND_CATEGORIES = tuple(c.value for c in TriageCategory) + (UNINTERPRETABLE,)
+#: keys read only from the environment (secrets): the example file shows them commented out
+ENV_ONLY = {("http", "admin_token")}
 
 
 class Section(BaseModel):
@@ -73,8 +75,9 @@ class HttpConfig(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 = any free port (logged)")
-    admin_token: str | None = Field(None, description="protects admin actions on the web page; secret: set it "
-                                    "only by ECG_GATEWAY__HTTP__ADMIN_TOKEN or admin_token_file")
+    admin_token: str | None = Field(None, description="protects admin actions on the web page; a secret, "
+                                    "so environment only: ECG_GATEWAY__HTTP__ADMIN_TOKEN (or admin_token_file); "
+                                    "refused in this file")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
 
 
@@ -88,6 +91,10 @@ class OutboundConfig(Section):
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     attach_pdf: bool = Field(True, description="ED OBX with the rendered 12-lead PDF")
+    acute_pdf_budget_s: float = Field(0.15, gt=0, le=10, description="longest an acute ORU waits for its "
+                                      "PDF; a later PDF follows in a corrected ORU (OBR-25 C)")
+    pdf_ed_type: str = Field("Application^PDF", pattern=r"^[A-Za-z0-9.+-]+\^[A-Za-z0-9.+-]+$",
+                             description="ED OBX-5 type of data ^ subtype (tables 0191/0291); e.g. AP^PDF")
     sending_application: str = "ECG-GATEWAY"
     sending_facility: str = "HOSP"
     receiving_application: str = "EHR"
@@ -294,6 +301,7 @@ def example_yaml() -> str:
             if field_info.description:
                 lines.append(f"  # {field_info.description}")
             value = yaml.safe_dump({key: defaults[section][key]}, default_flow_style=True, width=200)
-            lines.append("  " + value.strip()[1:-1])
+            comment = "# " if (section, key) in ENV_ONLY else ""
+            lines.append("  " + comment + value.strip()[1:-1])
         lines.append("")
     return "\n".join(lines)

@@ -20,4 +20,6 @@ DELIVERIES = Counter("ecg_gateway_oru_deliveries", "ORU delivery attempts by out
 ACUTE_E2E_SECONDS = Histogram("ecg_gateway_acute_end_to_end_seconds",
                               "Acute ECG: received to ORU acknowledged",
                               buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
+PDFS = Counter("ecg_gateway_oru_pdfs", "ORU PDFs not attached in time: late (a correction ORU "
+               "brings it) or missing (could not be rendered)", ["outcome"], registry=REGISTRY)
 MODEL_INFO = Info("ecg_gateway_model", "The loaded triage model", registry=REGISTRY)

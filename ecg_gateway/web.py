@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway import __version__
 from ecg_gateway.store.admin import AdminError, requeue_jobs, requeue_outbound
-from ecg_gateway.store.overview import dead_letters, recent_ecgs
+from ecg_gateway.store.overview import dead_letters, pdf_counts, recent_ecgs
 from ecg_gateway.store.queue import record_event
 from ecg_gateway.store.stats import status_counts
 
@@ -71,10 +71,11 @@ class AdminPage:
         try:
             with self._sessions() as s:
                 counts, recent, dead = status_counts(s), recent_ecgs(s, RECENT), dead_letters(s)
+                pdfs = pdf_counts(s)
         except SQLAlchemyError as exc:
             body = f"<p class=bad>Database unavailable ({escape(type(exc).__name__)}).</p>"
             return _respond(start_response, 503, _page("ecg-gateway", body + self._health_html()))
-        parts = [_notice(query), self._health_html(), _counts_html(counts),
+        parts = [_notice(query), self._health_html(), _counts_html(counts, pdfs),
                  self._dead_html(dead), _recent_html(recent)]
         return _respond(start_response, 200, _page("ecg-gateway", "".join(parts)))
 
@@ -182,13 +183,26 @@ def _notice(query: dict[str, list[str]]) -> str:
     return f"<p class=notice id=notice>{escape(text)}</p>"
 
 
-def _counts_html(counts: dict[str, Any]) -> str:
+def _counts_html(counts: dict[str, Any], pdfs: dict[str, int]) -> str:
     def cells(section: str) -> str:
         return ", ".join(f"{escape(k)}={v}" for k, v in sorted(counts[section].items())) or "none"
 
     return ("<h2>Queue</h2>" + _table(["", "counts"], [
         ["messages", str(counts["messages"])], ["jobs", _Raw(cells("jobs"))],
-        ["results", _Raw(cells("results"))], ["outbound", _Raw(cells("outbound"))]], "queue"))
+        ["results", _Raw(cells("results"))], ["outbound", _Raw(cells("outbound"))],
+        ["ORU PDFs late (sent in a correction)", str(pdfs["late"])],
+        ["ORU PDFs missing", str(pdfs["missing"])]], "queue"))
+
+
+#: measurement key -> column text on the page (units in the header)
+_SHOWN = (("heart_rate_bpm", "rate"), ("pr_ms", "PR"), ("qrs_ms", "QRS"), ("qt_ms", "QT"),
+          ("qtc_bazett_ms", "QTcB"), ("qtc_fridericia_ms", "QTcF"), ("p_axis_deg", "P"),
+          ("qrs_axis_deg", "QRS axis"), ("t_axis_deg", "T"))
+
+
+def _measured(values: dict[str, float]) -> str:
+    """E.g. ``rate 61 PR 152 QRS 88 QT 380 QTcB 384``: what was measured, nothing invented."""
+    return " ".join(f"{name} {values[key]:.0f}" for key, name in _SHOWN if key in values)
 
 
 def _recent_html(rows: list[dict[str, Any]]) -> str:
@@ -197,11 +211,13 @@ def _recent_html(rows: list[dict[str, Any]]) -> str:
         category = escape(r["category"] or "")
         body.append([r["message_id"], r["source"], r["received_at"], r["job_id"], r["job_state"],
                      _Raw(f"<span class={category}>{category}</span>"), r["triage_ms"],
+                     _measured(r["measurements"]), " ".join(r["statements"]),
                      r["outbound_id"], r["outbound_state"], r["delivered_at"],
                      r["received_to_delivered_s"]])
     return (f"<h2>Last {RECENT} ECGs</h2>" + _table(
-        ["message", "source", "received", "job", "job state", "category", "triage ms", "outbound",
-         "ORU state", "delivered", "received to delivered s"], body, "recent"))
+        ["message", "source", "received", "job", "job state", "category", "triage ms",
+         "measurements (ms, /min, degrees)", "statements", "outbound", "ORU state", "delivered",
+         "received to delivered s"], body, "recent"))
 
 
 class _Raw(str):

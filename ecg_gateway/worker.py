@@ -33,6 +33,7 @@ from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory
 from ecg_gateway.errors import CheckpointError, GatewayError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
+from ecg_gateway.outbound.oru import new_control_id
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
 from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
@@ -328,7 +329,7 @@ class Worker:
         out_cfg = self._config.outbound
         if outcome.category in out_cfg.categories:
             row = Outbound(
-                result_id=result.id, control_id=f"ECGGW{result.id:010d}",
+                result_id=result.id, control_id=new_control_id(),
                 priority=OUTBOUND_PRIORITY.get(outcome.category, DEFAULT_OUTBOUND_PRIORITY),
                 max_attempts=out_cfg.max_attempts,
                 destination=f"{out_cfg.host}:{out_cfg.port}" if out_cfg.host else None,

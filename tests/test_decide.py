@@ -53,14 +53,14 @@ def test_the_acute_flag_is_exactly_its_operating_point(raw: list[float], limit: 
 
 @pytest.mark.parametrize("probs, thresholds, budget, text", [
     ([0.5, 0.1, 0.09, 0.31], {"acute": 0.12}, 0.1,
-     "ACUTE: p(acute) 0.31 ≥ 0.12, the threshold that flags 10 % of ECGs"),
+     "p(acute) 0.31 ≥ 0.12, the threshold that flags 10 % of ECGs"),
     ([0.2, 0.1, 0.62, 0.08], {"acute": 0.12}, 0.1,
-     "SUBACUTE: the most probable category, p(subacute) 0.62; p(acute) 0.08 < 0.12, "
+     "the most probable category, p(subacute) 0.62; p(acute) 0.08 < 0.12, "
      "the threshold that flags 10 % of ECGs"),
     ([0.9, 0.09, 0.0096, 0.0004], {"acute": 0.0033}, None,
-     "NORMAL: the most probable category, p(normal) 0.90; p(acute) < 0.001 < 0.003"),
-    ([0.6, 0.1, 0.1, 0.2], {"acute": 0.2}, None, "ACUTE: p(acute) 0.20 ≥ 0.20, the configured threshold"),
-    ([0.1, 0.7, 0.1, 0.1], {}, None, "ABNORMAL NOT ACUTE: the most probable category, p(abnormal_not_acute) 0.70"),
+     "the most probable category, p(normal) 0.90; p(acute) < 0.001 < 0.003"),
+    ([0.6, 0.1, 0.1, 0.2], {"acute": 0.2}, None, "p(acute) 0.20 ≥ 0.20, the configured threshold"),
+    ([0.1, 0.7, 0.1, 0.1], {}, None, "the most probable category, p(abnormal_not_acute) 0.70"),
 ])
 def test_the_impression_says_which_rule_fired(probs: list[float], thresholds: dict[str, float],
                                              budget: float | None, text: str) -> None:

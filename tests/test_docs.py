@@ -102,7 +102,7 @@ def test_inbound_example_is_a_valid_ecg() -> None:
     ecg = decode_hl7(gen.inbound_oru())
     assert ecg.leads == ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
     assert ecg.fs == 500.0 and ecg.n_samples == len(gen.SAMPLES)
-    assert ecg.uid == "CART-000123" and ecg.demographics.patient_id == "TEST-0001"
+    assert ecg.uid == "CART-000123" and ecg.demographics.patient_id == "TEST-0001^^^HOSP^MR"
     assert abs(float(ecg.lead("I")[0]) - gen.SAMPLES[0][0] * 5e-3) < 1e-6  # 5 uV per unit, in mV
 
 
@@ -345,7 +345,7 @@ def test_oru_segment_table_is_what_compose_oru_writes() -> None:
     rows = table(doc("hl7-interface.md"), "oru-segments")
     acute = _segments(gen.GENERATORS["oru-acute"]())
     other = _segments(gen.GENERATORS["oru-uninterpretable"]())
-    assert [s[0] for s in acute] == ["MSH", "PID", "PV1", "ORC", "OBR", "TQ1", *["OBX"] * 6, "NTE", "OBX"]
+    assert [s[0] for s in acute] == ["MSH", "PID", "PV1", "ORC", "OBR", "TQ1", *["OBX"] * 17, "NTE", "OBX"]
     assert {r["Segment"] for r in rows} == {s[0] for s in acute}
     assert {s[0] for s in other} <= {r["Segment"] for r in rows}
     first = {}

@@ -65,7 +65,10 @@ def gateway(tmp_path: Path, ehr: EhrPeer) -> Iterator[tuple[GatewayProcess, Path
     config = write_config(tmp_path / "c.yaml", db_url, dicom={"accept_hemodynamic": True},
                           worker={"poll_interval_s": 5},
                           outbound={"host": "127.0.0.1", "port": ehr.port, "categories": list(
-                              ("acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable"))})
+                              ("acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable")),
+                              # one ORU per result here: a PDF late under load would add its
+                              # corrected ORU (tests/test_e2e_results.py covers that)
+                              "acute_pdf_budget_s": 10})
     proc = GatewayProcess(config).wait_started()
     proc.wait_for_event("model_loaded", timeout=60)
     yield proc, config, db_url

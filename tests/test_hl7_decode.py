@@ -17,6 +17,7 @@ from tests.hl7_builders import (
 )
 
 from tests.conftest import shared_data
+from ecg_gateway import composite
 from ecg_gateway.ecg import Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.inbound.aecg import decode_aecg
@@ -162,8 +163,10 @@ def test_demographics_kept_and_escapes_are_data(ptbxl) -> None:  # type: ignore[
     patient = {"family": "O'NEIL|SMITH^JR", "given": "ANNE&MARIE", "patient_id": "ID~7"}
     ecg = decode_hl7(waveform_oru(*ptbxl, patient=patient))
     d = ecg.demographics
-    assert d.patient_name == "O'NEIL|SMITH^JR^ANNE&MARIE"  # components joined by ^, escapes undone
-    assert d.patient_id == "ID~7"
+    # components joined by ^ (ecg_gateway.composite): a ^ or & that was data stays escaped
+    assert d.patient_name == "O'NEIL|SMITH\\S\\JR^ANNE\\T\\MARIE"
+    assert composite.split(d.patient_name) == [["O'NEIL|SMITH^JR"], ["ANNE&MARIE"]]
+    assert d.patient_id == "ID~7^^^HOSP^MR" and composite.first(d.patient_id) == "ID~7"
     assert (d.birth_date, d.sex, d.location) == ("19600101", "F", "CARDIO^101^1^HOSP")
     assert (d.placer_order, d.filler_order) == ("PLC-77", "FIL-88")
     assert "DOE" not in repr(d) and "O'NEIL" not in repr(ecg)
@@ -235,7 +238,7 @@ def test_mdm_t02_with_txa_order_numbers(ptbxl) -> None:  # type: ignore[no-untyp
             "TXA|1|EC|TX|||||||||||PL-1|FI-2", *waveform_segments(samples, leads, fs)]
     ecg = decode_hl7(message(*segs))
     assert ecg.demographics.placer_order == "PL-1" and ecg.demographics.filler_order == "FI-2"
-    assert ecg.demographics.patient_id == "P9"
+    assert composite.first(ecg.demographics.patient_id) == "P9"
 
 
 # --- encapsulated payloads (b, c, d) -----------------------------------------------------------
@@ -244,7 +247,7 @@ def test_ed_dicom_equals_dicom_path() -> None:
     raw = shared_data("dicom-ecg", "ecgtoolkit_Example.dcm").read_bytes()
     ecg = decode_hl7(ed_oru(raw, subtype="DICOM"))
     assert_same_ecg(ecg, decode_dicom_bytes(raw), quantum_mv=0.0)
-    assert ecg.demographics.patient_id == "PAT-0001"  # the HL7 PID wins over the DICOM patient
+    assert ecg.demographics.patient_id == "PAT-0001^^^HOSP^MR"  # the HL7 PID wins over the DICOM one
 
 
 def test_ed_aecg_equals_dicom_of_same_recording() -> None:

@@ -151,7 +151,7 @@ async def test_each_payload_kind_is_acked_after_commit(gateway: Gateway, record,
         row = s.execute(select(Message)).scalar_one()
     assert row.raw == payload and row.content_type == "application/hl7-v2" and row.source == "hl7"
     assert row.idempotency_key == f"hl7:WARD1:{control_id}" and row.ecg_uid == control_id
-    assert row.identifiers["patient_id"] == "PAT-0001" and row.identifiers["placer_order"] == "PLC-77"
+    assert row.identifiers["patient_id"] == "PAT-0001^^^HOSP^MR" and row.identifiers["placer_order"] == "PLC-77"
     stored = decode_message(row.content_type, row.raw)  # what the worker will see
     assert stored.leads == want.leads and stored.fs == want.fs  # type: ignore[attr-defined]
     assert np.abs(stored.signal - want.signal).max() <= quantum + 1e-6  # type: ignore[attr-defined]

@@ -207,7 +207,9 @@ def test_replay_retriages_with_the_current_model_and_keeps_the_old_result(daemon
     for key in ("p_normal", "p_abnormal_not_acute", "p_subacute", "p_acute"):
         assert getattr(results[1], key) == pytest.approx(getattr(results[0], key), abs=1e-5)
     received = ehr.peer.wait_for(sent_before + 1, timeout=30)
-    assert control_id(received[-1]) == f"ECGGW{results[1].id:010d}"  # a new ORU, new control id
+    new_row = daemon.rows(Outbound, Outbound.result_id == results[1].id)[0]
+    assert control_id(received[-1]) == new_row.control_id  # a new ORU, new control id
+    assert new_row.control_id not in {control_id(p) for p in received[:-1]}
 
 
 def _post(base: str, target: str, token: str | None) -> tuple[int, str]:

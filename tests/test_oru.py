@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import hl7
+import numpy as np
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
@@ -16,7 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecg_gateway.config import OutboundConfig
+from ecg_gateway import composite
 from ecg_gateway.ecg import Demographics
+from ecg_gateway.evidence import DecisionRule, Measurements, Statement
+from ecg_gateway.inbound.hl7 import decode_hl7
+from tests.hl7_builders import waveform_oru
 from ecg_gateway.outbound.oru import (
     ComposeError,
     MessageView,
@@ -125,7 +131,7 @@ def test_acute_oru_has_every_field_and_validates(tmp_path: Path) -> None:
     ed = obx[6]
     assert ed[2] == "ED" and ed[3] == "11524-6^EKG study^LN" and ed[11] == "P"
     source, kind, subtype, encoding, data = ed[5].split("^")
-    assert (source, kind, subtype, encoding) == ("", "application", "pdf", "Base64")
+    assert (source, kind, subtype, encoding) == ("", "Application", "PDF", "Base64")
     assert base64.b64decode(data, validate=True) == pdf
 
 
@@ -183,6 +189,8 @@ def test_minimal_demographics_still_validate(tmp_path: Path) -> None:
     assert "ECG UID" not in seg["NTE"][0][3]
 
 
+_SINE = (np.sin(np.linspace(0, 60, 5000))[None, :].repeat(8, 0) * 500,
+         ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6"), 500.0)
 HOSTILE = st.text(alphabet=st.sampled_from(list("|^~\\&\r\n\x0b\x1c") + list("AZaz09 .-'ÄÖé漢")),
                   min_size=1, max_size=24)
 
@@ -193,31 +201,48 @@ HOSTILE = st.text(alphabet=st.sampled_from(list("|^~\\&\r\n\x0b\x1c") + list("AZ
 def test_copied_fields_round_trip_through_escaping(patient_id: str, family: str, given_name: str,
                                                    placer: str, filler: str, accession: str,
                                                    location: str) -> None:
-    # in a name and a location "^" separates components; in every other field it is data
-    family, given_name = family.replace("^", "_"), given_name.replace("^", "_")
-    location = location.replace("^", "_")
-    msg = message(patient_id=patient_id, patient_name=f"{family}^{given_name}", placer_order=placer,
-                  filler_order=filler, accession=accession, location=location)
+    """Every copied field, with every delimiter as data, unescapes to what came in."""
+    msg = message(patient_id=composite.join([[patient_id], [], [], ["HOSP", placer], ["MR"]]),
+                  patient_name=composite.join([[family], [given_name]]), placer_order=placer,
+                  filler_order=filler, accession=accession,
+                  location=composite.join([[location], ["12"], [filler]]))
     er7 = compose(msg=msg)
     names = [line[:4] for line in er7.rstrip("\r").split("\r")]
     assert names == ["MSH|", "PID|", "PV1|", "ORC|", "OBR|", "TQ1|", *["OBX|"] * 6, "NTE|"]
     parsed = hl7.parse(er7)
-    assert parsed["PID.F3.R1.C1"] == patient_id
+    assert parsed["PID.F3.R1.C1"] == patient_id and parsed["PID.F3.R1.C5"] == "MR"
+    assert parsed["PID.F3.R1.C4.S1"] == "HOSP" and parsed["PID.F3.R1.C4.S2"] == placer
     assert parsed["PID.F5.R1.C1"] == family and parsed["PID.F5.R1.C2"] == given_name
-    assert parsed["ORC.F2"] == placer and parsed["OBR.F3"] == filler
-    assert parsed["OBR.F18"] == accession and parsed["PV1.F3"] == location
+    assert parsed["ORC.F2"] == placer and parsed["ORC.F3"] == filler
+    assert parsed["OBR.F2"] == placer and parsed["OBR.F3"] == filler
+    assert parsed["OBR.F18"] == accession
+    assert parsed["PV1.F3.R1.C1"] == location and parsed["PV1.F3.R1.C3"] == filler
+
+
+def test_issue_27_escapes_inside_components_survive() -> None:
+    """``\\S\\`` inside a component stays data: the inbound decoder keeps it (composite)."""
+    raw = waveform_oru(*_SINE, control_id="ESC-1")
+    raw = re.sub(rb"PID\|[^\r]*", rb"PID|1||IOP-0001^^^HOSP^MR||O'NEIL^ANN^M\\S\\X||19700101|F", raw)
+    raw = re.sub(rb"PV1\|[^\r]*", rb"PV1|1|O|WARD\\S\\A^1^2^HOSP", raw)
+    inbound = decode_hl7(raw)
+    er7 = compose(msg=MessageView(inbound.demographics, "u", NOW))
+    seg = segments(er7)
+    assert seg["PID"][0][3] == "IOP-0001^^^HOSP^MR"
+    assert seg["PID"][0][5] == "O'NEIL^ANN^M\\S\\X"
+    assert seg["PV1"][0][3] == "WARD\\S\\A^1^2^HOSP"
 
 
 def test_location_components_are_kept() -> None:
     parsed = hl7.parse(compose(msg=message(location="ED^12^B&2^HOSP")))
-    assert parsed["PV1.F3.R1.C1"] == "ED" and parsed["PV1.F3.R1.C3"] == "B&2"
+    assert parsed["PV1.F3.R1.C1"] == "ED" and parsed["PV1.F3.R1.C3.S2"] == "2"
     assert parsed["PV1.F3.R1.C4"] == "HOSP"
 
 
 def test_t11_pid_with_every_delimiter_round_trips_in_hl7apy(tmp_path: Path) -> None:
     hostile = "A|B^C~D\\E&F"
-    family = "O'B|R~I\\E&N"  # in a name "^" separates components (DICOM PN and XPN agree)
-    er7 = compose(msg=message(patient_id=hostile, patient_name=f"{family}^ANN"))
+    family = "O'B|R~I\\E&N^X"
+    er7 = compose(msg=message(patient_id=composite.single(hostile),
+                              patient_name=composite.join([[family], ["ANN"]])))
     assert hl7apy_validate(er7, tmp_path) == []
     pid = parse_message(er7, validation_level=VALIDATION_LEVEL.TOLERANT) \
         .oru_r01_patient_result.oru_r01_patient.pid
@@ -270,3 +295,78 @@ def test_bad_birth_date_and_sex_are_not_copied_verbatim() -> None:
     assert field(pid, 7) == "" and pid[8] == "M"
     pid = segments(compose(msg=message(sex="X")))["PID"][0]
     assert pid[8] == "U"
+
+
+# --- issue #27: measurements, statements, impression, corrections -------------------------
+
+MEASURED = Measurements(heart_rate_bpm=61.4, pr_ms=152.0, qrs_ms=88.0, qt_ms=380.0,
+                        qtc_bazett_ms=384.5, qtc_fridericia_ms=383.0, p_axis_deg=48.0,
+                        qrs_axis_deg=-12.0, t_axis_deg=40.0)
+
+
+def full_result(**changes: object) -> ResultView:
+    res = replace(result(), measurements=MEASURED,
+                  statements=(Statement("IMI", "inferior myocardial infarction", 0.81),
+                              Statement("STE_", "ST elevation | ^ & ~", 0.4)),
+                  decision=DecisionRule("threshold", "p(acute) 0.31 >= 0.12, the threshold that "
+                                        "flags 10 % of ECGs", 0.12, 0.1))
+    return replace(res, **changes)
+
+
+def test_measurements_statements_and_decision_validate(tmp_path: Path) -> None:
+    er7 = compose(full_result(), pdf=b"%PDF-1.4 tiny\n%%EOF\n")
+    assert hl7apy_validate(er7, tmp_path) == []  # the ED here is short, as a real one is not
+    obx = segments(er7)["OBX"]
+    nm = {o[3].split("^")[0]: (o[5], o[6], o[17]) for o in obx if o[2] == "NM" and "STMT" not in o[3]}
+    assert nm["8867-4"] == ("61", "/min^^UCUM", "ECGGW-GLOBAL^Global 12-lead median-beat measurement^99ECGGW")
+    assert nm["8625-6"][:2] == ("152", "ms^^UCUM") and nm["8633-0"][:2] == ("88", "ms^^UCUM")
+    assert nm["8634-8"][:2] == ("380", "ms^^UCUM") and nm["8636-3"][0] == "384"
+    assert nm["8636-3"][2].startswith("ECGGW-BAZETT") and nm["ECGGW-QTCF"][2].startswith("ECGGW-FRIDERICIA")
+    assert nm["8626-4"][:2] == ("48", "deg^^UCUM") and nm["8632-7"][0] == "-12" and nm["8638-9"][0] == "40"
+    statements = [(o[3].split("^")[0], o[4], o[5]) for o in obx if "ECGGW-STMT" in o[3]]
+    assert statements == [("ECGGW-STMT", "1", "IMI^inferior myocardial infarction^99SCPECG"),
+                          ("ECGGW-STMT-P", "1", "0.8100"),
+                          ("ECGGW-STMT", "2", "STE_^ST elevation \\F\\ \\S\\ \\T\\ \\R\\^99SCPECG"),
+                          ("ECGGW-STMT-P", "2", "0.4000")]
+    impression = next(o for o in obx if o[3].startswith("8601-7"))[5]
+    assert impression == ("AI triage ACUTE: p(acute) 0.31 >= 0.12, the threshold that flags 10 % "
+                          "of ECGs - preliminary, requires physician review")
+    assert [o[2] for o in obx][-1] == "ED"
+
+
+def test_unmeasured_values_are_absent_not_zero() -> None:
+    partial = Measurements(heart_rate_bpm=72.0, qrs_ms=96.0)
+    codes = [o[3].split("^")[0] for o in segments(compose(replace(result(), measurements=partial)))["OBX"]]
+    assert "8867-4" in codes and "8633-0" in codes
+    assert not {"8625-6", "8634-8", "8636-3", "ECGGW-QTCF", "8626-4", "8632-7", "8638-9"} & set(codes)
+
+
+def test_impression_never_prints_a_zero_probability_for_its_category() -> None:
+    low = result(probs=(0.5, 0.3, 0.197, 0.003))
+    text = [o for o in segments(compose(low))["OBX"] if o[3].startswith("8601-7")][0][5]
+    assert "p=0.00" not in text and "ACUTE (p<0.01)" in text
+
+
+def test_correction_is_the_same_order_with_result_status_c(tmp_path: Path) -> None:
+    first = segments(compose(full_result()))
+    raw = compose_oru(full_result(), message(), "ECGGW0000000002", CFG, b"%PDF-1.4\n", NOW,
+                      correction=True).decode()
+    assert hl7apy_validate(raw, tmp_path) == []
+    corrected = segments(raw)
+    assert corrected["OBR"][0][25] == "C" and first["OBR"][0][25] == "P"
+    assert corrected["ORC"][0][5] == first["ORC"][0][5] == "A"  # table 0038: results available
+    assert corrected["OBR"][0][2:4] == first["OBR"][0][2:4] and corrected["PID"] == first["PID"]
+
+
+def test_ed_type_is_configurable() -> None:
+    cfg = CFG.model_copy(update={"pdf_ed_type": "AP^PDF"})
+    raw = compose_oru(result(), message(), "ECGGW0000000003", cfg, b"%PDF", NOW).decode()
+    assert segments(raw)["OBX"][-1][5].startswith("^AP^PDF^Base64^")
+    with pytest.raises(ValueError):
+        OutboundConfig(pdf_ed_type="application/pdf")
+
+
+def test_accession_stands_in_for_a_missing_filler_order_number() -> None:
+    seg = segments(compose(msg=message(placer_order=None, filler_order=None, accession="ACC-7")))
+    assert seg["ORC"][0][2:4] == ["", "ACC-7"] and seg["OBR"][0][3] == "ACC-7"
+    assert seg["OBR"][0][18] == "ACC-7"

@@ -143,7 +143,7 @@ def test_t15_bad_uids_refused_sql_payload_stored_verbatim_nothing_written_outsid
         assert s.scalar(select(func.count()).select_from(Job)) == 2
     engine.dispose()
     assert stored["dicom"]["patient_name"] == payload and stored["dicom"]["patient_id"] == "1' OR '1'='1"
-    assert stored["hl7"]["patient_id"] == "1; DELETE FROM events"
+    assert stored["hl7"]["patient_id"] == "1; DELETE FROM events^^^HOSP^MR"  # PID-3, all CX components
     assert "x'; DROP TABLE jobs; --" in stored["hl7"]["patient_name"]
 
 

@@ -314,7 +314,7 @@ async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Ses
     assert states(sessions)[row][0] == "delivered"
     (oru,) = ehr.received
     segments = oru.decode().rstrip("\r").split("\r")
-    assert segments[-1].startswith("OBX|7|ED|11524-6^EKG study^LN||^application^pdf^Base64^JVBER")
+    assert segments[-1].startswith("OBX|7|ED|11524-6^EKG study^LN||^Application^PDF^Base64^JVBER")
     obr = next(s for s in segments if s.startswith("OBR|")).split("|")
     assert obr[7] == "20130125105919"  # acquisition time from the decoded DICOM
     assert "ZZCANARY^JANE" in segments[1]  # PID copied from the inbound identifiers
@@ -323,17 +323,30 @@ async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Ses
     assert parsed.validate()  # raises on the first error
 
 
-async def test_render_over_budget_sends_acute_without_pdf(sessions: Sessions) -> None:
+async def test_late_pdf_follows_in_a_correction_oru(sessions: Sessions) -> None:
+    """Issue #27: a render past the acute budget never delays the ORU, and is never lost."""
     row = add_outbound(sessions)
-    ehr = await FakeEhr().start()
-    sender = Sender(sessions, config(ehr.port, attach_pdf=True), decode_dicom,
-                    acute_render_budget_s=0.001)
+    ehr = await FakeEhr(["AE"]).start()  # the first ORU is refused once: the correction waits
+    sender = Sender(sessions, config(ehr.port, attach_pdf=True, acute_pdf_budget_s=0.001),
+                    decode_dicom)
     try:
         await run_until(sender, settled(sessions), timeout=30.0)
     finally:
         await ehr.stop()
-    assert states(sessions)[row][0] == "delivered"
-    assert b"|ED|" not in ehr.received[0] and b"8601-7^EKG impression^LN" in ehr.received[0]
+    rows = states(sessions)
+    assert len(rows) == 2 and all(state == "delivered" for state, _, _ in rows.values())
+    first, retried, corrected = ehr.received
+    assert first == retried and b"|ED|" not in first
+    assert b"|ED|" in corrected and control_of(corrected) != control_of(first)
+    obr = [seg.split("|") for p in (first, corrected) for seg in p.decode().split("\r")
+           if seg.startswith("OBR|")]
+    assert (obr[0][25], obr[1][25]) == ("P", "C") and obr[0][2:4] == obr[1][2:4] == ["PL-1", "FI-1"]
+    with sessions() as s:
+        kinds = dict(s.execute(select(Outbound.id, Outbound.kind)).all())
+    assert kinds == {row: "result", row + 1: "correction"}
+    assert "oru_pdf_late" in events(sessions, row)
+    listed = {r["id"]: r for r in list_outbound(sessions)}
+    assert listed[row]["last_error"] is None  # delivered: the AE is history, not the state
 
 
 async def test_undecodable_ecg_still_sends_the_result(sessions: Sessions) -> None:
@@ -349,6 +362,7 @@ async def test_undecodable_ecg_still_sends_the_result(sessions: Sessions) -> Non
         await ehr.stop()
     assert states(sessions)[row][0] == "delivered"
     assert b"|ED|" not in ehr.received[0] and b"acute^Acute^99ECGGW" in ehr.received[0]
+    assert "oru_pdf_missing" in events(sessions, row) and len(states(sessions)) == 1
 
 
 async def test_t14_logs_carry_no_phi(sessions: Sessions) -> None:

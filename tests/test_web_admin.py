@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from ecg_gateway.ops import ops_app, start_ops_server
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
-from ecg_gateway.store.models import Event, Job
+from ecg_gateway.store.models import Event, Job, Result
 from ecg_gateway.web import admin_routes
 from tests.admin_rows import CANARY, add_ecg
 from tests.browser import Dom
@@ -110,3 +110,20 @@ def test_page_says_database_unavailable(serve: Server) -> None:
     status, html, _ = _request(f"{base}/")
     assert status == 503 and "Database unavailable (OperationalError)" in html
     engine.dispose()
+
+
+def test_page_shows_measurements_statements_and_pdf_counts(sessions: Any, serve: Server) -> None:
+    """Issue #27: what the cart would print (measured values only) and how many PDFs were late."""
+    ids = add_ecg(sessions)
+    with sessions.begin() as s:
+        result = s.get_one(Result, ids["result"])
+        result.measurements = {"heart_rate_bpm": 61.4, "qrs_ms": 88.0, "qt_ms": 380.0}
+        result.statements = [{"code": "IMI", "description": "inferior MI", "probability": 0.8}]
+        s.add(Event(kind="oru_pdf_late", outbound_id=ids["outbound"], detail={}))
+        s.add(Event(kind="oru_pdf_missing", outbound_id=ids["outbound"], detail={}))
+        s.add(Event(kind="oru_pdf_late", outbound_id=ids["outbound"], detail={}))
+    _, html, _ = _request(f"{serve(sessions, None)}/")
+    assert "rate 61 QRS 88 QT 380" in html and "PR " not in html  # not measured: absent
+    assert "<td>IMI</td>" in html
+    assert "ORU PDFs late (sent in a correction)</td><td>2" in html
+    assert "ORU PDFs missing</td><td>1" in html

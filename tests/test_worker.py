@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import threading
 import time
 from pathlib import Path
@@ -99,7 +100,8 @@ def test_batch_is_triaged_and_committed(sessions, checkpoint: Path) -> None:
     assert {o.result_id for o in outbound} == wanted
     for o in outbound:
         category = next(r.category for r in results.values() if r.id == o.result_id)
-        assert o.control_id == f"ECGGW{o.result_id:010d}" and o.destination == "127.0.0.1:2576"
+        assert re.fullmatch(r"ECGGW[0-9A-HJKMNP-TV-Z]{15}", o.control_id)
+        assert o.destination == "127.0.0.1:2576"
         assert o.priority == (0 if category == "acute" else 10) and o.max_attempts == 10
 
 

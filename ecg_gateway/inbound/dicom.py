@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
+from ecg_gateway import composite
 from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg
 from ecg_gateway.errors import GatewayError, InvalidEcgError, UndecodableError
 
@@ -261,14 +262,25 @@ def _acquired_at(ds: Dataset) -> datetime | None:
 
 
 def _demographics(ds: Dataset) -> Demographics:
-    def text(keyword: str) -> str | None:
-        value = ds.get(keyword)
-        return str(value) if value not in (None, "") else None
+    """Patient and order identifiers; order numbers fall back to the Request Attributes and
+    Referenced Request sequences, where carts that take a worklist put them."""
+    def text(keyword: str, *items: Dataset) -> str | None:
+        for item in (ds, *items):
+            value = item.get(keyword)
+            if value not in (None, ""):
+                return str(value)
+        return None
+
+    requests = [*ds.get("RequestAttributesSequence", []), *ds.get("ReferencedRequestSequence", [])]
+    name = text("PatientName")
+    issuer = text("IssuerOfPatientID")
+    patient_id = text("PatientID")
     return Demographics(
-        patient_id=text("PatientID"), patient_name=text("PatientName"),
+        patient_id=composite.join([[patient_id], [], [], [issuer or ""]]) if patient_id else None,
+        patient_name=composite.join([[c] for c in name.split("=", 1)[0].split("^")]) if name else None,
         birth_date=text("PatientBirthDate"), sex=text("PatientSex"),
-        location=text("CurrentPatientLocation") or text("InstitutionalDepartmentName"),
-        placer_order=text("PlacerOrderNumberImagingServiceRequest"),
-        filler_order=text("FillerOrderNumberImagingServiceRequest"),
-        accession=text("AccessionNumber"),
+        location=composite.single(text("CurrentPatientLocation") or text("InstitutionalDepartmentName")),
+        placer_order=text("PlacerOrderNumberImagingServiceRequest", *requests),
+        filler_order=text("FillerOrderNumberImagingServiceRequest", *requests),
+        accession=text("AccessionNumber", *requests),
     )

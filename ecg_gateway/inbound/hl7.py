@@ -27,6 +27,7 @@ from datetime import datetime
 
 import numpy as np
 
+from ecg_gateway import composite
 from ecg_gateway.ecg import Demographics, Ecg
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import FS_RANGE, MAX_SAMPLES, parse_ts
@@ -284,15 +285,16 @@ def demographics(msg: Hl7Message) -> Demographics:
         return (component(seg.get(n), enc, i).strip() or None) if seg else None
 
     def joined(seg: Segment | None, n: int) -> str | None:
-        """A composite as '^'-joined unescaped components (the DICOM PN convention)."""
+        """A composite (first repetition) with every component kept (ecg_gateway.composite)."""
         if seg is None:
             return None
-        parts = [unescape(p, enc) for p in seg.get(n).split(enc.repetition, 1)[0].split(enc.component)]
-        return "^".join(parts).rstrip("^").strip() or None
+        first_rep = seg.get(n).split(enc.repetition, 1)[0]
+        return composite.join([[unescape(sub, enc) for sub in comp.split(enc.subcomponent)]
+                               for comp in first_rep.split(enc.component)])
 
     birth = comp(pid, 7)
     return Demographics(
-        patient_id=comp(pid, 3), patient_name=joined(pid, 5),
+        patient_id=joined(pid, 3), patient_name=joined(pid, 5),
         birth_date=birth[:8] if birth else None, sex=comp(pid, 8), location=joined(pv1, 3),
         placer_order=comp(orc, 2) or comp(obr, 2) or comp(txa, 14),
         filler_order=comp(orc, 3) or comp(obr, 3) or comp(txa, 15),

@@ -32,11 +32,14 @@ def list_outbound(sessions: sessionmaker[Session], state: str | None = None) -> 
 
 
 def _describe(row: Outbound, category: str) -> dict[str, Any]:
+    """The row's current state; a delivered row's earlier errors are history (events), not
+    its state (rows delivered before the sender cleared them still carry one)."""
+    delivered = row.state == OutboundState.DELIVERED.value
     return {
-        "id": row.id, "result_id": row.result_id, "control_id": row.control_id,
+        "id": row.id, "result_id": row.result_id, "control_id": row.control_id, "kind": row.kind,
         "state": row.state, "category": category, "priority": row.priority,
         "attempts": row.attempts, "max_attempts": row.max_attempts,
-        "last_error": row.last_error, "destination": row.destination,
+        "last_error": None if delivered else row.last_error, "destination": row.destination,
         "composed": row.payload is not None, "created_at": _iso(row.created_at),
         "next_attempt_at": _iso(row.run_after) if row.state == "pending" else None,
         "delivered_at": _iso(row.delivered_at),

@@ -26,12 +26,12 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import CursorResult, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from ecg_gateway.config import Config
 from ecg_gateway.ecg import Ecg, TriageCategory
-from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES
+from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES, PDFS
 from ecg_gateway.mllp import MllpClient, MllpError
 from ecg_gateway.outbound.ack import AckOutcome, Verdict, judge_ack
 from ecg_gateway.outbound.oru import (
@@ -40,19 +40,21 @@ from ecg_gateway.outbound.oru import (
     ResultView,
     compose_oru,
     is_stat,
+    new_control_id,
 )
 from ecg_gateway.outbound.page import PageText, page_text
 from ecg_gateway.security import client_context
 from ecg_gateway.store.db import db_now
-from ecg_gateway.store.models import Message, Outbound, OutboundState, Result
+from ecg_gateway.store.models import Message, Outbound, OutboundKind, OutboundState, Result
 from ecg_gateway.store.queue import claim, complete, dead_letter, record_event, retry_later
 
 log = structlog.get_logger(__name__)
 
-#: Longest an acute ORU waits for its PDF; past it the ORU goes without. Issue #5 allows the
-#: PDF 200 ms of delay in all; encoding and storing the ~120 KB larger payload take ~30 ms.
-ACUTE_RENDER_BUDGET_S = 0.15
+#: Longest a non-acute ORU waits for its PDF (acute: ``outbound.acute_pdf_budget_s``). Past
+#: its budget an ORU goes without the PDF and a correction ORU (OBR-25 C) brings it.
 OTHER_RENDER_BUDGET_S = 10.0
+CORRECTION_RENDER_BUDGET_S = 60.0
+LATE_RENDERS_KEPT = 64  # renders still running for a correction this process will compose
 LEASE_MARGIN_S = 60.0
 
 
@@ -69,6 +71,8 @@ class _Work:
     control_id: str
     category: str
     payload: bytes | None
+    result_id: int = 0
+    kind: str = OutboundKind.RESULT.value
     result: ResultView | None = None
     message: MessageView | None = None
     content_type: str = ""
@@ -80,13 +84,14 @@ class Sender:
 
     def __init__(self, sessions: sessionmaker[Session], config: Config,
                  decode: Callable[[str, bytes], Ecg], *,
-                 acute_render_budget_s: float = ACUTE_RENDER_BUDGET_S,
+                 acute_render_budget_s: float | None = None,
                  lease_s: float | None = None, rng: random.Random | None = None) -> None:
         self._sessions = sessions
         self._cfg = config.outbound
         self._poll_s = config.worker.poll_interval_s
         self._decode = decode
-        self._acute_budget_s = acute_render_budget_s
+        self._acute_budget_s = acute_render_budget_s or self._cfg.acute_pdf_budget_s
+        self._late_renders: dict[int, asyncio.Future[bytes]] = {}  # result id -> running render
         self._rng = rng or random.Random()
         # a claimed row must outlive connect + write + ACK wait, or a second sender takes it
         self._lease_s = lease_s or self._cfg.lease_s or (
@@ -204,41 +209,74 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - the ORU still goes, without tracing and time
             log.warning("outbound_decode_failed", outbound_id=work.id, error=type(exc).__name__)
         message = replace(work.message, acquired_at=ecg.acquired_at if ecg else None)
-        pdf = None
-        if ecg is not None and self._cfg.attach_pdf:
-            budget = self._acute_budget_s if is_stat(work.category) else OTHER_RENDER_BUDGET_S
-            pdf = await self._render(work, ecg, page_text(work.result, message), budget)
+        correction = work.kind == OutboundKind.CORRECTION.value
+        pdf, outcome = None, ""
+        if self._cfg.attach_pdf:
+            text = page_text(work.result, message)
+            if correction:
+                pdf = await self._late_pdf(work, ecg, text)
+                if pdf is None:
+                    await asyncio.to_thread(self._record_pdf, work, "missing")
+                    raise ComposeError("the late PDF could not be rendered")
+            elif ecg is None:
+                outcome = "missing"
+            else:
+                budget = self._acute_budget_s if is_stat(work.category) else OTHER_RENDER_BUDGET_S
+                pdf, outcome = await self._render(work, ecg, text, budget)
         payload = compose_oru(work.result, message, work.control_id, self._cfg, pdf,
-                              now=datetime.now(UTC))
-        return await asyncio.to_thread(self._store_payload, work, payload)
+                              now=datetime.now(UTC), correction=correction)
+        return await asyncio.to_thread(self._store_payload, work, payload, outcome)
 
-    async def _render(self, work: _Work, ecg: Ecg, text: PageText, budget_s: float) -> bytes | None:
+    async def _render(self, work: _Work, ecg: Ecg, text: PageText,
+                      budget_s: float) -> tuple[bytes | None, str]:
+        """(pdf, "attached") in time; (None, "late") past the budget, the render going on
+        for the correction; (None, "missing") when the tracing cannot be drawn."""
         from ecg_gateway.outbound.render import render_pdf
 
         started = time.perf_counter()
+        task = asyncio.ensure_future(asyncio.to_thread(render_pdf, ecg, text))
         try:
-            pdf = await asyncio.wait_for(asyncio.to_thread(render_pdf, ecg, text), budget_s)
+            pdf = await asyncio.wait_for(asyncio.shield(task), budget_s)
             self._timings["render_ms"] = round((time.perf_counter() - started) * 1000, 2)
-            return pdf
+            return pdf, "attached"
         except TimeoutError:
-            log.warning("outbound_pdf_skipped", outbound_id=work.id, reason="render budget",
-                        budget_ms=round(budget_s * 1000))
+            log.warning("outbound_pdf_late", outbound_id=work.id, budget_ms=round(budget_s * 1000))
+            while len(self._late_renders) >= LATE_RENDERS_KEPT:
+                self._late_renders.pop(next(iter(self._late_renders))).cancel()
+            self._late_renders[work.result_id] = task
+            return None, "late"
         except Exception as exc:  # noqa: BLE001 - a tracing that cannot be drawn is not fatal
-            log.warning("outbound_pdf_skipped", outbound_id=work.id, reason=type(exc).__name__)
-        return None
+            log.warning("outbound_pdf_missing", outbound_id=work.id, reason=type(exc).__name__)
+            return None, "missing"
+
+    async def _late_pdf(self, work: _Work, ecg: Ecg | None, text: PageText) -> bytes | None:
+        """The correction's PDF: the render still running from the first ORU, else a new one."""
+        from ecg_gateway.outbound.render import render_pdf
+
+        task = self._late_renders.pop(work.result_id, None)
+        if task is None and ecg is not None:
+            task = asyncio.ensure_future(asyncio.to_thread(render_pdf, ecg, text))
+        if task is None:
+            return None
+        try:
+            return await asyncio.wait_for(task, CORRECTION_RENDER_BUDGET_S)
+        except Exception as exc:  # noqa: BLE001 - timeout or a render error: no PDF at all
+            log.warning("outbound_pdf_missing", outbound_id=work.id, reason=type(exc).__name__)
+            return None
 
     # --- database (run in threads) ------------------------------------------------------
 
     def _claim_next(self) -> _Work | None:
         with self._sessions.begin() as s:
-            claimed = claim(s, Outbound, 1, self._lease_s)
+            claimed = claim(s, Outbound, 1, self._lease_s, ready=_first_oru_delivered())
             if not claimed:
                 return None
             c = claimed[0]
             row = s.get_one(Outbound, c.id)
             result = s.get_one(Result, row.result_id)
             work = _Work(id=c.id, attempt=c.attempts, control_id=row.control_id,
-                         category=result.category, payload=row.payload)
+                         category=result.category, payload=row.payload, result_id=row.result_id,
+                         kind=row.kind)
             if row.payload is not None:
                 self._record_sent(s, work, len(row.payload))
                 return work
@@ -247,8 +285,9 @@ class Sender:
                            message=MessageView.from_row(message),
                            content_type=message.content_type, raw=message.raw)
 
-    def _store_payload(self, work: _Work, payload: bytes) -> bytes:
-        """Keep the first composed bytes for good (a concurrent composer's win is kept)."""
+    def _store_payload(self, work: _Work, payload: bytes, pdf: str) -> bytes:
+        """Keep the first composed bytes for good (a concurrent composer's win is kept). A
+        late PDF gets its correction row in the same transaction: it cannot be forgotten."""
         with self._sessions.begin() as s:
             stored = cast(CursorResult[Any], s.execute(
                 update(Outbound).where(Outbound.id == work.id, Outbound.payload.is_(None))
@@ -256,8 +295,28 @@ class Sender:
             if stored.rowcount == 0:
                 payload = s.scalar(select(Outbound.payload).where(Outbound.id == work.id)) \
                     or payload
+            elif pdf in ("late", "missing"):
+                self._pdf_event(s, work, pdf)
             self._record_sent(s, work, len(payload))
         return payload
+
+    def _pdf_event(self, s: Session, work: _Work, outcome: str) -> None:
+        """Count a late or missing PDF (metric, event); a late one gets its correction row."""
+        detail: dict[str, Any] = {"control_id": work.control_id, "category": work.category}
+        if outcome == "late":
+            row = s.get_one(Outbound, work.id)
+            correction = Outbound(result_id=work.result_id, kind=OutboundKind.CORRECTION.value,
+                                  control_id=new_control_id(), priority=row.priority,
+                                  max_attempts=row.max_attempts, destination=row.destination)
+            s.add(correction)
+            s.flush()
+            detail["correction_outbound_id"] = correction.id
+        record_event(s, f"oru_pdf_{outcome}", outbound_id=work.id, detail=detail)
+        PDFS.labels(outcome=outcome).inc()
+
+    def _record_pdf(self, work: _Work, outcome: str) -> None:
+        with self._sessions.begin() as s:
+            self._pdf_event(s, work, outcome)
 
     def _record_sent(self, s: Session, work: _Work, size: int) -> None:
         record_event(s, "sent", outbound_id=work.id, peer=self.destination,
@@ -273,7 +332,8 @@ class Sender:
             if outcome.verdict is Verdict.DELIVERED:
                 self._mark_delivered(s, work.id)
                 kind = "delivered"
-                if work.category == TriageCategory.ACUTE.value:
+                first = work.kind == OutboundKind.RESULT.value
+                if work.category == TriageCategory.ACUTE.value and first:
                     e2e_s = _received_to_delivered_s(s, work.id)
                 log.info("outbound_delivered", ack=outcome.code, **fields, **(timings or {}))
             elif outcome.verdict is Verdict.DEAD:
@@ -299,15 +359,26 @@ class Sender:
 
     def _mark_delivered(self, s: Session, row_id: int) -> None:
         now = db_now(s.get_bind().dialect.name)
-        if complete(s, Outbound, row_id, delivered_at=now):
+        # delivered: earlier errors are history (events), no longer the row's state
+        if complete(s, Outbound, row_id, delivered_at=now, last_error=None):
             return
         # Our lease ran out while we waited, but the EHR has the message: record that.
         log.warning("outbound_lease_lost", outbound_id=row_id)
         s.execute(update(Outbound).where(Outbound.id == row_id,
                                          Outbound.state != OutboundState.DELIVERED.value)
                   .values(state=OutboundState.DELIVERED.value, lease_until=None,
-                          delivered_at=now)
+                          delivered_at=now, last_error=None)
                   .execution_options(synchronize_session=False))
+
+
+def _first_oru_delivered() -> Any:
+    """A correction is due only once the result's first ORU is delivered: the EHR never
+    gets the correction (OBR-25 C) before what it corrects."""
+    first = aliased(Outbound)
+    pending_first = (exists().where(first.result_id == Outbound.result_id,
+                                    first.kind == OutboundKind.RESULT.value,
+                                    first.state != OutboundState.DELIVERED.value))
+    return or_(Outbound.kind != OutboundKind.CORRECTION.value, ~pending_first)
 
 
 def _received_to_delivered_s(s: Session, row_id: int) -> float | None:

@@ -129,6 +129,11 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class OutboundKind(str, enum.Enum):
+    RESULT = "result"  # the first ORU of a result
+    CORRECTION = "correction"  # OBR-25 C: the same result with the PDF that was late
+
+
 class Outbound(LeasedMixin, Base):
     """An ORU^R01 to deliver; its MSH-10 control id is fixed when the row is created."""
 
@@ -136,7 +141,9 @@ class Outbound(LeasedMixin, Base):
     __table_args__ = (Index("ix_outbound_claim", "state", "priority", "id"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
-    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), unique=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default=OutboundKind.RESULT.value,
+                                      server_default=OutboundKind.RESULT.value)
     control_id: Mapped[str] = mapped_column(String(64), unique=True)
     state: Mapped[str] = mapped_column(String(16), default=OutboundState.PENDING.value)
     destination: Mapped[str | None] = mapped_column(String(255))

@@ -13,7 +13,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ecg_gateway.store.models import Job, JobState, Message, Outbound, OutboundState, Result
+from ecg_gateway.store.models import (
+    Event, Job, JobState, Message, Outbound, OutboundKind, OutboundState, Result,
+)
 
 
 def recent_ecgs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
@@ -26,12 +28,13 @@ def recent_ecgs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
         select(Job.message_id, Job.id, Job.state, Job.attempts).where(Job.message_id.in_(ids))
         .order_by(Job.id)).all())
     results = _latest(session.execute(
-        select(Result.message_id, Result.id, Result.category, Result.latency_ms, Result.created_at)
+        select(Result.message_id, Result.id, Result.category, Result.latency_ms, Result.created_at,
+               Result.measurements, Result.statements)
         .where(Result.message_id.in_(ids)).order_by(Result.id)).all())
     result_ids = [r.id for r in results.values()]
     oru = {o.result_id: o for o in session.execute(
         select(Outbound.result_id, Outbound.id, Outbound.state, Outbound.delivered_at)
-        .where(Outbound.result_id.in_(result_ids))).all()}
+        .where(Outbound.result_id.in_(result_ids), Outbound.kind == OutboundKind.RESULT.value)).all()}
     rows = []
     for m in messages:
         job, result = jobs.get(m.id), results.get(m.id)
@@ -43,6 +46,8 @@ def recent_ecgs(session: Session, limit: int = 50) -> list[dict[str, Any]]:
             "result_id": result.id if result else None,
             "category": result.category if result else None,
             "triage_ms": round(result.latency_ms, 1) if result and result.latency_ms else None,
+            "measurements": dict(result.measurements or {}) if result else {},
+            "statements": [str(st.get("code")) for st in result.statements or []] if result else [],
             "outbound_id": out.id if out else None, "outbound_state": out.state if out else None,
             "delivered_at": _iso(out.delivered_at) if out else None,
             "received_to_delivered_s": _seconds(m.received_at, out.delivered_at if out else None),
@@ -103,3 +108,10 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round(max(0.0, (end - start).total_seconds()), 3)
+
+
+def pdf_counts(session: Session) -> dict[str, int]:
+    """ORUs whose PDF was late (a correction brought it) or missing, since the start."""
+    rows = dict(session.execute(select(Event.kind, func.count()).where(
+        Event.kind.in_(("oru_pdf_late", "oru_pdf_missing"))).group_by(Event.kind)).all())
+    return {"late": int(rows.get("oru_pdf_late", 0)), "missing": int(rows.get("oru_pdf_missing", 0))}

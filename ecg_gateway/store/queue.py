@@ -42,14 +42,15 @@ def _ref_column(table: type) -> Any:
 
 
 def claim(session: Session, table: type, limit: int, lease_s: float, kind: str | None = None,
-          isolate_expired: bool = False) -> list[Claimed]:
+          isolate_expired: bool = False, ready: Any = None) -> list[Claimed]:
     """Lease up to ``limit`` due rows, highest priority (lowest number) first, oldest first.
 
     ``isolate_expired``: while rows with an expired lease exist (their process died holding
     them), claim one of those alone. A crash costs every row of the batch it interrupted one
     attempt; re-running that batch row by row means a row that crashes the process again
     uses up only its own attempts, not its batch-mates' (the chaos run lost 11 % of ECGs to
-    dead jobs without this). Must run inside the caller's transaction; the caller commits.
+    dead jobs without this). ``ready``: one more condition a due row must meet (a correction
+    ORU waits for the first one). Must run inside the caller's transaction; the caller commits.
     """
     waiting, leased, _, dead = STATES[table]
     dialect = _dialect(session)
@@ -63,6 +64,8 @@ def claim(session: Session, table: type, limit: int, lease_s: float, kind: str |
     )
     due = or_(and_(table.state == waiting, table.run_after <= now), expired)
     of_kind = (Job.kind == kind) if kind is not None and table is Job else true()
+    if ready is not None:
+        of_kind = and_(of_kind, ready)
     if isolate_expired and session.execute(select(table.id).where(expired, of_kind).limit(1)).first():
         due, limit = expired, 1
     candidates = select(table.id).where(due, of_kind)

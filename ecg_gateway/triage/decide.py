@@ -58,18 +58,17 @@ def format_probability(p: float) -> str:
 
 def explain(probs: np.ndarray, thresholds: Mapping[str, float], category: TriageCategory,
             flag_budget: float | None = None) -> DecisionRule:
-    """Which rule set ``category`` (as :func:`decide` chose it), in words for the impression,
-    e.g. "ACUTE: p(acute) 0.31 ≥ 0.12, the threshold that flags 10 % of ECGs"."""
+    """Which rule set ``category`` (as :func:`decide` chose it), in words for the impression
+    after the category's name, e.g. "p(acute) 0.31 ≥ 0.12, the threshold that flags 10 % of ECGs"."""
     p = {name: float(v) for name, v in zip(_NAMES, np.asarray(probs, dtype=np.float64), strict=True)}
     name = category.value
-    upper = name.upper().replace("_", " ")
     limit = thresholds.get(name)
     if limit is not None and p[name] >= limit:
         source = (f"the threshold that flags {flag_budget * 100:g} % of ECGs" if flag_budget is not None
                   and name == TriageCategory.ACUTE.value else "the configured threshold")
-        text = f"{upper}: p({name}) {format_probability(p[name])} ≥ {format_probability(limit)}, {source}"
+        text = f"p({name}) {format_probability(p[name])} ≥ {format_probability(limit)}, {source}"
         return DecisionRule("threshold", text, threshold=float(limit), flag_budget=flag_budget)
-    text = f"{upper}: the most probable category, p({name}) {format_probability(p[name])}"
+    text = f"the most probable category, p({name}) {format_probability(p[name])}"
     acute = TriageCategory.ACUTE.value
     if acute in thresholds:
         text += f"; p({acute}) {format_probability(p[acute])} < {format_probability(thresholds[acute])}"

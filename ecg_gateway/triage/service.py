@@ -15,6 +15,7 @@ import numpy as np
 from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
+from ecg_gateway.measure import measure
 from ecg_gateway.triage.decide import decide, explain
 from ecg_gateway.triage.model import StatementVocabulary, TriageModel
 from ecg_gateway.triage.preprocess import preprocess
@@ -76,7 +77,7 @@ class Triager:
         triage_p, statement_p = self.model.predict_full(np.stack(inputs)) if inputs else ([], [])
         probs, found = iter(triage_p), iter(statement_p)
         outcomes = []
-        for report, x in prepared:
+        for ecg, (report, x) in zip(ecgs, prepared, strict=True):
             p = next(probs) if x is not None else None
             q = next(found) if x is not None else None
             statements: tuple[Statement, ...] = ()
@@ -87,14 +88,16 @@ class Triager:
                 statements = select_statements(q, self.model.statements, category)
             else:
                 category = UNINTERPRETABLE
-                rule = DecisionRule("quality", "UNINTERPRETABLE: signal quality insufficient for automated "
-                                    "triage" + (f" ({', '.join(report.reasons)})" if report.reasons else ""))
+                rule = DecisionRule("quality", "signal quality insufficient for automated triage"
+                                    + (f" ({', '.join(report.reasons)})" if report.reasons else ""))
+            # measured only where the gate passed the signal: a noisy ECG gets no numbers
+            measured = measure(ecg) if category != UNINTERPRETABLE else Measurements()
             outcomes.append(TriageOutcome(
                 category=category,
                 probabilities=None if p is None else {n: float(v) for n, v in zip(CATEGORY_NAMES, p, strict=True)},
                 statements=statements, decision=rule,
                 quality=report, model_id=self.model.model_id, model_sha256=self.model.sha256,
-                placeholder=self.model.placeholder,
+                placeholder=self.model.placeholder, measurements=measured,
             ))
         return outcomes
 
