@@ -61,3 +61,12 @@ def test_rule_measurements_and_statements_appear_when_present() -> None:
     assert heading.startswith("Statements")
     assert [line.split()[0] for line in shown] == ["AFIB", "STE", "IMI", "LBBB", "PVC"]  # top 5
     assert shown[0] == "AFIB  atrial fibrillation  0.87"
+
+
+def test_patient_line_reads_composites_as_the_inbound_side_keeps_them() -> None:
+    """PID-3 arrives whole (``id^^^authority^type``) and a name may hold an escaped ``^``: the
+    page shows the id itself and the name's family and given parts as text."""
+    demo = Demographics(patient_id="IOP-0001^^^HOSP^MR", patient_name="O'NEIL^ANN^M\\S\\X", sex="F")
+    msg = MessageView(demo, ecg_uid="1.2.3.4", received_at=datetime.now(UTC), acquired_at=ACQUIRED)
+    patient = page_text(result(), msg).details[1]
+    assert "O'NEIL, ANN" in patient and "ID IOP-0001 " in patient + " " and "HOSP" not in patient

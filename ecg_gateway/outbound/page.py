@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ecg_gateway import composite
 from ecg_gateway.ecg import TriageCategory
 from ecg_gateway.evidence import Measurements
 from ecg_gateway.outbound.oru import CATEGORIES, MessageView, ResultView, quality_reasons
@@ -52,9 +53,11 @@ def _probabilities(result: ResultView) -> str:
 
 def _patient(message: MessageView) -> str:
     demo = message.demographics
-    name = ", ".join(part for part in (demo.patient_name or "").split("^")[:2] if part)
+    parts = composite.split(demo.patient_name) if demo.patient_name else []
+    name = ", ".join("&".join(part) for part in parts[:2] if any(part))
+    patient_id = composite.first(demo.patient_id)
     patient = "   ".join(part for part in (
-        name, f"ID {demo.patient_id}" if demo.patient_id else "",
+        name, f"ID {patient_id}" if patient_id else "",
         f"born {demo.birth_date}" if demo.birth_date else "", demo.sex or "") if part)
     return f"Patient: {patient}" if patient else "Patient: unknown"
 
