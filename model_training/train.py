@@ -171,7 +171,7 @@ def predict_all(net: TriageNet, x: Tensor, windows: WindowSpec | None = None,
         xb = x[start:start + batch_size]
         with _autocast(xb.device):  # float32 on CPU
             out.append(model(xb).float().cpu())
-    width = K + (net.statements.out_features if net.statements is not None else 0)
+    width = K + int(net.arch_kwargs()["n_statements"])
     return torch.cat(out).numpy() if out else np.zeros((0, width), dtype=np.float32)
 
 

@@ -223,3 +223,12 @@ def test_cpu_bf16_is_refused_with_one_line_where_the_cpu_lacks_it(
     assert code == 2 and err.count("\n") == 1 and "--cpu-bf16 needs" in err
     with pytest.raises(ValueError, match="bfloat16 natively"):
         train(TrainConfig(out="unused", device="cpu", cpu_bf16=True), None)  # type: ignore[arg-type]
+
+
+def test_own_statement_head_trains_and_validates(tmp_path: Path, tiny_arrays: cache.PtbxlArrays) -> None:
+    """The alternative recipe's switches run end to end (a statement head of its own, no gain jitter)."""
+    summary = train(_cfg(tmp_path, max_steps=1, statement_head="own", gain_jitter=0.0), tiny_arrays,
+                    progress=False)
+    assert summary["config"]["statement_head"] == "own" and "statement_auc" in summary["val"]
+    model = load_model(tmp_path / "model.pt", device="cpu")
+    assert model.net.arch_kwargs()["statement_head"] == "own" and model.n_statements == 71
