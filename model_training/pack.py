@@ -58,15 +58,25 @@ def _probs(logits: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def member_outputs(run: Path, x: torch.Tensor, batch: int = 64) -> MemberOutputs:
-    """One trained member's fold-9 outputs per window and on the whole record (eager, fp32)."""
-    net = load_model(run / "model.pt", "cpu", optimize=False).net.eval()
+    """One trained member's fold-9 outputs per window and on the whole record (eager, fp32),
+    kept beside the run (``fold9_outputs.npz``, keyed by the checkpoint's sha256 and the inputs)."""
+    model = load_model(run / "model.pt", "cpu", optimize=False)
+    net = model.net.eval()
+    key = f"{model.sha256}:{x.shape[0]}:{float(x.abs().sum()):.6g}"
+    kept = run / "fold9_outputs.npz"
+    if kept.is_file():
+        data = np.load(kept)
+        if str(data["key"]) == key:
+            return MemberOutputs(str(run), net, data["windows"], data["whole"])
     starts = range(0, x.shape[-1] - WINDOW + 1, STRIDE)
     per_window, whole = [], []
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
         per_window.append(np.stack([_probs(net(xb[:, :, s:s + WINDOW])) for s in starts], axis=1))
         whole.append(_probs(net(xb)))
-    return MemberOutputs(str(run), net, np.concatenate(per_window), np.concatenate(whole))
+    out = MemberOutputs(str(run), net, np.concatenate(per_window), np.concatenate(whole))
+    np.savez_compressed(kept, key=np.array(key), windows=out.windows, whole=out.whole)
+    return out
 
 
 def combine(members: list[MemberOutputs], layout: str, triage_how: str, statements_how: str) -> np.ndarray:
