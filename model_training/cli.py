@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16,
                       mapping=args.mapping, head=args.head, crop=args.crop, optimizer=args.optimizer,
                       statement_targets=args.statement_targets, statement_head=args.statement_head,
-                      gain_jitter=args.gain_jitter)
+                      gain_jitter=args.gain_jitter, dropout=args.dropout)
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--dropout", type=float, default=0.3, help="dropout in every block and head (the paper's 0.3)")
     p.add_argument("--gain-jitter", type=float, default=0.2,
                    help="amplitude augmentation (+-share); 0 keeps the voltages that voltage criteria read")
     p.add_argument("--schedule", choices=["onecycle", "plateau", "cosine"], default="onecycle")

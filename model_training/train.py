@@ -70,6 +70,7 @@ class TrainConfig:
     device: str = "auto"
     augment: bool = True
     gain_jitter: float = 0.2  # amplitude augmentation +-; 0 keeps voltages (voltage criteria, low voltage)
+    dropout: float = 0.3  # in every block and head (the paper's 0.3)
     max_steps: int | None = None  # stop after this many optimiser steps (smoke runs)
     train_folds: list[int] = field(default_factory=lambda: list(range(1, 9)))
     val_folds: list[int] = field(default_factory=lambda: [9])
@@ -244,7 +245,7 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
     net = TriageNet(in_leads=len(CONTRACT.leads), n_classes=K, fs=CONTRACT.fs,
                     length=windows.length if windows is not None else CONTRACT.length,
                     widths=tuple(cfg.widths), blocks_per_group=cfg.blocks_per_group, head=cfg.head,
-                    statement_head=cfg.statement_head,
+                    statement_head=cfg.statement_head, dropout=cfg.dropout,
                     aux_head=True, n_statements=0 if s_tr is None else s_tr.shape[1]).to(device)
     optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
     opt = optimizer(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -429,7 +430,8 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
                           "aux_weight", "statement_weight", "schedule", "weight_decay", "patience",
                           "ema", "cpu_bf16", "train_folds", "val_folds", "mapping", "head", "crop",
-                          "optimizer", "statement_targets", "statement_head", "gain_jitter") if k in config},
+                          "optimizer", "statement_targets", "statement_head", "gain_jitter", "dropout")
+                         if k in config},
             "validation": val, "metrics": None}
 
 
