@@ -21,6 +21,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -32,7 +33,7 @@ from ecg_gateway.config import Config
 from ecg_gateway.ecg import Ecg, TriageCategory
 from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES
 from ecg_gateway.mllp import MllpClient, MllpError
-from ecg_gateway.outbound.ack import AckOutcome, Verdict, judge_ack
+from ecg_gateway.outbound.ack import AckOutcome, Verdict, answers, judge_ack
 from ecg_gateway.outbound.oru import (
     ComposeError,
     MessageView,
@@ -176,7 +177,7 @@ class Sender:
                     Verdict.RETRY, "", f"composing failed: {type(exc).__name__}"))
                 return True
         try:
-            ack = await self._client.send(payload)
+            ack = await self._client.send(payload, partial(answers, control_id=work.control_id))
         except (MllpError, OSError) as exc:
             self._failures += 1
             await asyncio.to_thread(self._finish, work, AckOutcome(
