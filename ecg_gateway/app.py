@@ -208,6 +208,8 @@ class Gateway:
         expected = {"dicom": self.wants("ingest") and self.config.dicom.enabled,
                     "hl7": self.wants("ingest") and self.config.hl7.enabled}
         checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
+        if self.wants("ingest"):
+            checks["storage"] = self.ingestor.storage_check()
         for name, component in self._health_sources.items():
             checks.update(component())
         return checks

@@ -6,6 +6,7 @@ defence); the legitimate cart and HL7 sender come from 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import sqlite3
@@ -13,8 +14,11 @@ import ssl
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE
@@ -25,11 +29,13 @@ from ecg_gateway.store.db import make_engine, make_session_factory
 from ecg_gateway.store.models import Event, Job, Message
 from tests.conftest import shared_data
 from tests.dicom_builders import TWELVE_LEAD, ecg_dataset
+from tests.ehr_peer import EhrPeer, aa
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hl7_builders import ptbxl_record, waveform_oru
 from tests.tls_certs import make_pki
 
 MB = 1 << 20
+ALL_CATEGORIES = ["acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable"]
 
 
 def _rss(pid: int) -> int:
@@ -281,3 +287,56 @@ def test_t12_oversized_data_set_is_cut_off_and_the_next_cart_is_served(
     assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0x0000
     assert _counts(db_url) == (1, 1)
     assert "dicom_dataset_too_large" in proc.output()
+
+
+def _readyz(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as rsp:
+            return rsp.status, json.loads(rsp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_t7_disk_full_makes_readyz_unready_and_the_oru_in_flight_is_recorded_once_space_returns(
+        tmp_path: Path) -> None:
+    """Issue #29: while SQLite cannot write, /readyz says so (it stayed ready while every store
+    failed), and an ORU the EHR acknowledged while the disk was full is recorded delivered as
+    soon as space returns (it stayed ``sending`` until its lease ended, then went out again)."""
+    hold = threading.Event()
+    ehr = EhrPeer(reply=lambda payload: aa(payload) if hold.wait(60) else None)
+    db_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    config = write_config(tmp_path / "c.yaml", db_url, worker={"poll_interval_s": 0.2},
+                          outbound={"host": "127.0.0.1", "port": ehr.port, "categories": ALL_CATEGORIES,
+                                    "attach_pdf": False, "lease_s": 120, "backoff_initial_s": 0.1,
+                                    "backoff_max_s": 0.5})
+    proc = GatewayProcess(config).wait_started()
+    http = proc.ports["http"]
+    try:
+        proc.wait_for_event("model_loaded", timeout=120)
+        assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0x0000
+        assert len(ehr.wait_for(1, timeout=60)) == 1  # the ORU is at the EHR, its ACK held
+        assert _readyz(http)[0] == 200
+        resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+        try:
+            hold.set()  # AA now: the sender cannot record it
+            assert _cstore(proc.ports["dicom"], ecg_dataset())[0] == 0xA700
+            code, body = _readyz(http)
+            assert code == 503 and body["checks"]["storage"]["ok"] is False, body
+            assert _outbound_states(db_url) == ["sending"]
+        finally:
+            resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        space_back = time.monotonic()
+        while (_readyz(http)[0] != 200 or _outbound_states(db_url) != ["delivered"]) \
+                and time.monotonic() < space_back + 20:
+            time.sleep(0.2)
+        assert _readyz(http)[0] == 200 and _outbound_states(db_url) == ["delivered"]
+        time.sleep(1.0)  # nothing more may arrive
+    finally:
+        proc.stop()
+        ehr.close()
+    assert len(ehr.received) == 1
+
+
+def _outbound_states(db_url: str) -> list[str]:
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        return [row[0] for row in conn.execute("SELECT state FROM outbound ORDER BY id")]

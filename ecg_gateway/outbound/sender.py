@@ -102,6 +102,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0  # consecutive transport failures (no ACK at all)
+        self._unrecorded: list[tuple[_Work, AckOutcome]] = []  # outcomes the database refused
 
     def nudge(self) -> None:
         """Wake the loop now (thread-safe: the worker calls it after committing a row)."""
@@ -141,6 +142,7 @@ class Sender:
         ``stop`` is set. Returns the number of attempts made."""
         if self._client is None:
             return 0
+        await self._record_late()
         attempts = 0
         while stop is None or not stop.is_set():
             work = await asyncio.to_thread(self._claim_next)
@@ -169,26 +171,45 @@ class Sender:
             try:
                 payload = await self._compose(work)
             except ComposeError as exc:  # this result can never make a valid ORU
-                await asyncio.to_thread(self._finish, work, AckOutcome(
+                await self._record(work, AckOutcome(
                     Verdict.DEAD, "", f"cannot compose the ORU: {exc}"))
                 return True
             except Exception as exc:  # noqa: BLE001 - e.g. the DB hiccupped storing the payload
-                await asyncio.to_thread(self._finish, work, AckOutcome(
+                await self._record(work, AckOutcome(
                     Verdict.RETRY, "", f"composing failed: {type(exc).__name__}"))
                 return True
         try:
             ack = await self._client.send(payload, partial(answers, control_id=work.control_id))
         except (MllpError, OSError) as exc:
             self._failures += 1
-            await asyncio.to_thread(self._finish, work, AckOutcome(
+            await self._record(work, AckOutcome(
                 Verdict.RETRY, "", f"{type(exc).__name__}: {exc}"))
             return False
         self._failures = 0
         outcome = judge_ack(ack, work.control_id)
         if outcome.reconnect:
             await self._client.close()  # the stream is out of step: start clean
-        await asyncio.to_thread(self._finish, work, outcome)
+        await self._record(work, outcome)
         return True
+
+    async def _record(self, work: _Work, outcome: AckOutcome) -> None:
+        """Record an attempt's outcome. If the database refuses (e.g. a full disk), keep it and
+        record it before the next claim: the row must not sit in ``sending`` until its lease
+        ends, and an ORU the EHR accepted must not be sent again (issue #29)."""
+        try:
+            await asyncio.to_thread(self._finish, work, outcome)
+        except Exception:
+            self._unrecorded.append((work, outcome))
+            raise
+
+    async def _record_late(self) -> None:
+        """Record the outcomes the database refused earlier, oldest first (raises while it
+        still refuses: the loop backs off)."""
+        while self._unrecorded:
+            work, outcome = self._unrecorded[0]
+            await asyncio.to_thread(self._finish, work, outcome)
+            self._unrecorded.pop(0)
+            log.info("outbound_outcome_recorded_late", outbound_id=work.id, verdict=outcome.verdict.value)
 
     async def _compose(self, work: _Work) -> bytes:
         assert work.result is not None and work.message is not None
