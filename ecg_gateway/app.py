@@ -213,10 +213,13 @@ class Gateway:
         from ecg_gateway.web import admin_routes
 
         REGISTRY.register(QueueCollector(self.sessions))
-        routes = admin_routes(self.sessions, self.config.http.admin_token, self.health)
+        http = self.config.http
+        routes = admin_routes(self.sessions, http.admin_token, self.health)
+        hosts = [*http.allowed_hosts, *([http.host] if http.host not in ("", "0.0.0.0", "::") else [])]
         try:
-            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port,
-                                                ops_app(self.health, extra_routes=routes))
+            self._ops_server = start_ops_server(
+                http.host, http.port, ops_app(self.health, extra_routes=routes, allowed_hosts=hosts),
+                timeout_s=http.request_timeout_s, max_threads=http.max_threads)
         except OSError as exc:
             raise StartupError(f"cannot bind HTTP port {self.config.http.port}: {exc.strerror}",
                                EX_UNAVAILABLE) from exc

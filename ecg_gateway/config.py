@@ -78,6 +78,10 @@ class HttpConfig(Section):
     admin_token: str | None = Field(None, description="protects admin actions on the web page; secret: set it "
                                     "only by ECG_GATEWAY__HTTP__ADMIN_TOKEN or admin_token_file")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the admin page answers to "
+                                     "besides localhost, 127.0.0.1, ::1 and http.host (DNS rebinding)")
+    request_timeout_s: float = Field(10.0, gt=0, description="per socket read/write of a request")
+    max_threads: int = Field(16, ge=1, le=1024, description="requests served at once; more get 503")
 
 
 class OutboundConfig(Section):

@@ -340,3 +340,60 @@ def test_t7_disk_full_makes_readyz_unready_and_the_oru_in_flight_is_recorded_onc
 def _outbound_states(db_url: str) -> list[str]:
     with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
         return [row[0] for row in conn.execute("SELECT state FROM outbound ORDER BY id")]
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError("no Threads line")
+
+
+def _http(port: int, head: str, timeout: float = 10) -> tuple[int, bytes]:
+    """One raw HTTP request; (status, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/") else 0
+    return status, data.split(b"\r\n\r\n", 1)[-1]
+
+
+def test_ops_port_caps_threads_times_out_stalled_requests_and_checks_host_and_origin(tmp_path: Path) -> None:
+    """Issue #29: 400 stalled POSTs held 400 threads for 30 s+; POSTs with `Origin: evil` and
+    requests with `Host: evil` were served (DNS rebinding could read the admin page)."""
+    config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}",
+                          http={"max_threads": 8, "request_timeout_s": 2})
+    proc = GatewayProcess(config, "--role", "ingest", env={"ECG_GATEWAY__HTTP__ADMIN_TOKEN": "t0ken"}).wait_started()
+    port = proc.ports["http"]
+    stalled: list[socket.socket] = []
+    try:
+        assert _http(port, "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")[0] == 200
+        before = _threads(proc.proc.pid)
+        for _ in range(60):  # headers promise a body that never comes
+            sock = _connect("127.0.0.2", port)
+            sock.sendall(b"POST /retry HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n")
+            stalled.append(sock)
+        time.sleep(0.5)
+        held = _threads(proc.proc.pid) - before
+        assert held <= 8, f"{held} threads held by stalled requests"
+        assert _http(port, "GET /healthz HTTP/1.0\r\n\r\n")[0] == 503  # busy, answered at once
+        time.sleep(2.5)  # request_timeout_s: the stalled requests are dropped
+        assert _http(port, "GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
+        for sock in stalled[:8]:
+            sock.settimeout(5)
+            assert sock.recv(65536) is not None  # closed (an error page or EOF), not hanging
+        assert _http(port, "GET / HTTP/1.0\r\nHost: evil.example:8080\r\n\r\n")[0] == 400
+        assert _http(port, "GET / HTTP/1.0\r\n\r\n")[0] == 400  # no Host at all
+        form = "target=job:1&token=t0ken"
+        post = (f"POST /retry HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-www-form-urlencoded"
+                f"\r\nContent-Length: {len(form)}\r\n")
+        assert _http(port, post + "Origin: http://evil.example\r\n\r\n" + form)[0] == 403
+        assert _http(port, post + f"Origin: http://127.0.0.1:{port}\r\n\r\n" + form)[0] == 303
+        assert _http(port, post + "\r\n" + form)[0] == 303  # no Origin: a script, not a browser
+        assert _http(port, "GET /readyz HTTP/1.0\r\nHost: evil.example\r\n\r\n")[0] == 200  # probes: any Host
+    finally:
+        for sock in stalled:
+            sock.close()
+        proc.stop()
