@@ -26,7 +26,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from ecg_gateway.config import DicomConfig
 from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
-from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
+from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset, uid_nonconformance
 from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
 from ecg_gateway.security import server_context
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
@@ -124,10 +124,13 @@ class StoreHandler:
             return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field, uid)
         except (UndecodableError, GatewayError, ValueError, TypeError, KeyError, AttributeError) as exc:
             return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None, uid)
+        breach = uid_nonconformance(ecg.uid or "")
+        if breach is not None:  # accepted (real devices write these), recorded for the vendor
+            log.warning("dicom_uid_nonconformant", peer=peer, ecg_uid=ecg.uid, rule=breach)
         message = InboundMessage(
             source="dicom", idempotency_key=f"dicom:{ecg.uid}", raw=part10_bytes(event),
             content_type="application/dicom", peer=peer, ecg_uid=ecg.uid,
-            identifiers=ecg.demographics.as_dict(),
+            identifiers=ecg.demographics.as_dict(), notes={"uid_nonconformant": breach} if breach else {},
         )
         try:
             self._ingestor.accept(message)

@@ -13,7 +13,7 @@ import enum
 import hashlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -55,6 +55,7 @@ class InboundMessage:
     ecg_uid: str | None
     identifiers: dict[str, Any]  # PHI: stored, never logged
     priority: int = 100
+    notes: dict[str, str] = field(default_factory=dict)  # conformance remarks for the received event
 
 
 class Ingestor:
@@ -131,7 +132,7 @@ class Ingestor:
             session.add(job)
             session.flush()
             record_event(session, "received", message_id=row.id, job_id=job.id, peer=msg.peer,
-                         detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest})
+                         detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest, **msg.notes})
             return IngestResult(IngestOutcome.STORED, row.id)
 
     def _duplicate(self, msg: InboundMessage, digest: str) -> IngestResult:
