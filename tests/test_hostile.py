@@ -32,6 +32,7 @@ from tests.dicom_builders import TWELVE_LEAD, ecg_dataset
 from tests.ehr_peer import EhrPeer, aa
 from tests.gateway_proc import GatewayProcess, write_config
 from tests.hl7_builders import ptbxl_record, waveform_oru
+from tests.pace import scaled
 from tests.tls_certs import make_pki
 
 MB = 1 << 20
@@ -209,7 +210,61 @@ def test_t12_all_attacks_at_once_legit_traffic_answered_within_2s(tmp_path: Path
     with make_session_factory(engine)() as s:
         alerts = {e.detail["reason"] for e in s.scalars(select(Event).where(Event.kind == "security_alert"))}
     engine.dispose()
-    assert {"max_connections_per_ip", "too many connections from this address", "PDU length above the cap"} <= alerts
+    assert {"evicted idle connection at the connection cap", "PDU length above the cap"} <= alerts
+
+
+def _huge_associate_claim(attack: Attack, port: int) -> None:
+    """A plaintext A-ASSOCIATE-RQ header claiming 4 GiB."""
+    sock = _connect("127.0.0.40", port)
+    sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0) + b"\x00" * 65536)
+    sock.settimeout(10)
+    try:
+        attack.notes["pdu_closed"] = sock.recv(1) == b""
+    except (ConnectionError, TimeoutError) as exc:
+        attack.notes["pdu_closed"] = not isinstance(exc, TimeoutError)
+    attack.hold(sock)
+
+
+def test_t12_idle_sockets_from_many_addresses_on_both_listeners_are_evicted_and_memory_bounded(
+        tmp_path: Path, oru: bytes) -> None:
+    """Issue #29: 60 idle DICOM sockets from 13 addresses (each under the per-address cap) took
+    every association slot and a thread pair each (~60 MB); 100 idle HL7 sockets from 20
+    addresses filled the 64 MLLP slots; with a 4 GiB PDU claim, a slow-loris and a 20 MB frame
+    on top, the real cart got no association and RSS grew 174 MB. At either cap the longest-idle
+    connection is now evicted, and nothing idle gets a thread beyond the cap."""
+    db_url = f"sqlite:///{tmp_path / 'gw.db'}"
+    config = write_config(tmp_path / "c.yaml", db_url, http={"enabled": False})  # default caps
+    proc = GatewayProcess(config, "--role", "ingest").wait_started()
+    dicom, hl7 = proc.ports["dicom"], proc.ports["hl7"]
+    assert _cstore(dicom, ecg_dataset())[0] == 0x0000  # warm: imports, first commit
+    assert _hl7(hl7, oru.replace(b"LEGIT-1", b"WARM-1"))[0][0] == "AA"
+    rss_before, threads_before, rss_peak, threads_peak = _rss(proc.proc.pid), _threads(proc.proc.pid), 0, 0
+    attack = Attack()
+    try:
+        for i in range(60):  # 4-5 per address: under the per-address cap of 8
+            attack.hold(_connect(f"127.0.0.{2 + i % 13}", dicom))
+        for i in range(100):
+            attack.hold(_connect(f"127.0.0.{20 + i % 20}", hl7))
+        attack.spawn(_huge_associate_claim, attack, dicom)
+        attack.spawn(_huge_frame, attack, hl7, oru)
+        attack.spawn(_slow_loris, attack, hl7)
+        time.sleep(1.0)  # the attacks are in progress (idle DICOM sockets live 5 s: acse_timeout)
+        deadline = scaled(2.0)
+        status, store_s = _cstore(dicom, ecg_dataset())
+        (ack, control_id, _), hl7_s = _hl7(hl7, oru)
+        for _ in range(20):
+            rss_peak, threads_peak = max(rss_peak, _rss(proc.proc.pid)), max(threads_peak, _threads(proc.proc.pid))
+            time.sleep(0.1)
+        assert status == 0x0000 and store_s < deadline, (status, store_s, deadline)
+        assert (ack, control_id) == ("AA", "LEGIT-1") and hl7_s < deadline, (ack, hl7_s, deadline)
+    finally:
+        attack.close()
+        proc.stop()
+    assert attack.notes.get("pdu_closed") is True, attack.notes
+    assert attack.notes.get("huge_frame_ack") == "AE", attack.notes
+    assert rss_peak - rss_before < 50 * MB, (rss_before, rss_peak)
+    assert threads_peak - threads_before <= 2 * 16 + 4, (threads_before, threads_peak)  # 2 per association
+    assert _counts(db_url) == (4, 4)
 
 
 # --- T5: the database is locked ----------------------------------------------------------------
