@@ -298,6 +298,7 @@ def _cases() -> dict[tuple[str, int], bytes]:
         ("AE", 101): no_obx,
         ("AE", 102): gen.inbound_oru(number="1e5"),
         ("AE", 103): _msh(ok, 18, "ISO IR87"),
+        ("AE", 100): ok + _msh(ok, 10, "SECOND-1"),  # two messages in one frame (issue #29)
     }
 
 
