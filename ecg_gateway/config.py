@@ -60,9 +60,10 @@ class Hl7Config(Section):
     max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     message_timeout_s: float = Field(30.0, gt=0, description="deadline for one frame once it started")
     idle_timeout_s: float = Field(300.0, gt=0)
-    write_timeout_s: float = Field(10.0, gt=0, description="an ACK the peer has not read within this closes the "
-                                   "connection (a peer that never reads must not hold a slot)")
-    max_connections: int = Field(64, ge=1, description="at the cap a new connection evicts the longest-idle one")
+    write_timeout_s: float = Field(10.0, gt=0, description="an ACK the peer has not read within this "
+                                   "closes the connection (a peer that never reads must not hold a slot)")
+    max_connections: int = Field(64, ge=1,
+                                 description="at the cap a new connection evicts the longest-idle one")
     max_connections_per_ip: int = Field(8, ge=1, description="idle sockets from one address must not exhaust max_connections")
     decode_threads: int = Field(2, ge=1, le=64, description="threads that decode and commit messages; more than 2 "
                                 "only add GIL contention (bench/mllp.py)")

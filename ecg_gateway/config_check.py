@@ -59,7 +59,8 @@ def _tls_problems(config: Config) -> list[str]:
         files = {f"{section}.tls_cert_file": cfg.tls_cert_file, f"{section}.tls_key_file": cfg.tls_key_file,
                  f"{section}.tls_client_ca_file": cfg.tls_client_ca_file}
         if not cfg.tls_cert_file and (cfg.tls_key_file or cfg.tls_client_ca_file):
-            found.append(f"{section}.tls_cert_file: unset, yet other {section}.tls_* keys are set (TLS would be off)")
+            found.append(f"{section}.tls_cert_file: unset, yet other {section}.tls_* keys are set "
+                         "(TLS would be off)")
         elif cfg.tls_cert_file:
             found += _context_problems(files, partial(server_context, cfg.tls_cert_file, cfg.tls_key_file,
                                                       cfg.tls_client_ca_file))

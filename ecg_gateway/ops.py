@@ -13,7 +13,6 @@ POSTs only from no ``Origin`` or an allowed one (Django's ALLOWED_HOSTS and CSRF
 from __future__ import annotations
 
 import json
-import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterable

@@ -231,7 +231,8 @@ class Worker:
                 for job in self._unreleased:
                     if job.id in states:
                         record_event(session, "triage_failed", message_id=job.ref_id, job_id=job.id,
-                                     detail={"error": error, "state": states[job.id], "attempt": job.attempts})
+                                     detail={"error": error, "state": states[job.id],
+                                             "attempt": job.attempts})
         except SQLAlchemyError as exc:
             log.warning("worker_release_failed", jobs=len(self._unreleased), error=type(exc).__name__)
             return False

@@ -61,7 +61,8 @@ class DicomSlots:
         self._pending: dict[int, Peer] = {}  # accepted, not yet an association (TLS handshake)
         self._evicted: weakref.WeakSet[Any] = weakref.WeakSet()  # closing, still alive a moment
 
-    def admit(self, key: int, ip: str, sock: Any, associations: Iterable[Any]) -> tuple[str | None, Peer | None]:
+    def admit(self, key: int, ip: str, sock: Any,
+              associations: Iterable[Any]) -> tuple[str | None, Peer | None]:
         """(refusal reason, None), or (None, the peer evicted to make room, if any)."""
         with self._lock:
             peers = list(self._pending.values())

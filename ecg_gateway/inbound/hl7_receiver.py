@@ -226,7 +226,8 @@ async def start_hl7_listener(receiver: Hl7Receiver, config: Hl7Config,
     server = await serve_mllp(
         receiver.handle, config.host, config.port, max_frame_bytes=config.max_frame_bytes,
         message_timeout_s=config.message_timeout_s, idle_timeout_s=config.idle_timeout_s,
-        write_timeout_s=config.write_timeout_s, max_connections=config.max_connections, ssl_context=ssl_context,
+        write_timeout_s=config.write_timeout_s, max_connections=config.max_connections,
+        ssl_context=ssl_context,
         too_large_handler=receiver.handle_too_large,
         max_connections_per_ip=config.max_connections_per_ip, on_refused=receiver.refused)
     port = server.sockets[0].getsockname()[1] if server.sockets else config.port
