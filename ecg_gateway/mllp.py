@@ -217,6 +217,7 @@ class _Limits:
     def leave(self, conn: _Conn) -> None:
         self.conns.discard(conn)
 
+
 async def serve_mllp(
     handler: Handler, host: str, port: int, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     message_timeout_s: float = 30.0, idle_timeout_s: float = 300.0, max_connections: int = 64,

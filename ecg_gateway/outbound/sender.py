@@ -21,8 +21,8 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import structlog
