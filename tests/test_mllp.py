@@ -171,6 +171,8 @@ async def _eof_within(reader: asyncio.StreamReader, seconds: float) -> bool:
         data = await asyncio.wait_for(reader.read(100), seconds)
     except TimeoutError:
         return False
+    except ConnectionResetError:  # closed, and our next byte met the closed socket (loaded machine)
+        return True
     assert data == b"", "no ACK may be sent for an unfinished frame"
     return True
 
@@ -363,7 +365,11 @@ async def test_t12_junk_trickle_does_not_keep_a_connection_open() -> None:
         closed = False
         for _ in range(30):  # one junk byte every 50 ms: never a frame, never idle by bytes
             writer.write(b"\n")
-            await writer.drain()
+            try:
+                await writer.drain()
+            except ConnectionResetError:  # closed between two bytes (a slow, loaded machine)
+                closed = True
+                break
             if await _eof_within(reader, 0.05):
                 closed = True
                 break
