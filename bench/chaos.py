@@ -68,6 +68,7 @@ class Spec:
     recordings: int = 12
     seed: int = 7
     drain_timeout_s: float = 600.0
+    phase_timeout_s: float = 3.0  # how long an aimed kill waits for its phase before firing anyway
 
 
 # --- inputs -----------------------------------------------------------------------------------
@@ -170,12 +171,17 @@ class Kill:
     running_jobs: int
 
 
-def _await_phase(phase: str, pacer: Pacer, probe: Probe, seen: set[tuple[int, int]], timeout_s: float) -> None:
+def _await_phase(phase: str, pacer: Pacer, probe: Probe, seen: set[tuple[int, int]], timeout_s: float,
+                 all_acked: Any) -> None:
+    """Wait until ``phase`` is under way, or until it cannot come any more (nothing left to
+    store, triage or send), or ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if phase == "any" or (phase == "ingest" and pacer.in_flight) \
                 or (phase == "inference" and probe.running_jobs()) \
                 or (phase == "send" and probe.sending() - seen):
+            return
+        if all_acked() and (phase == "ingest" or not probe.open_work()):
             return
         time.sleep(0.01)
 
@@ -205,7 +211,8 @@ def run(spec: Spec, workdir: Path, log: Any = print) -> dict[str, Any]:
             time.sleep(rng.uniform(*spec.uptime_s))
             if all(e.acked_at for e in ecgs) and probe.open_work() == 0:
                 break  # nothing left to interrupt
-            _await_phase(target, pacer, probe, interrupted, timeout_s=3.0)
+            _await_phase(target, pacer, probe, interrupted, spec.phase_timeout_s,
+                         lambda: all(e.acked_at for e in ecgs))
             in_flight = pacer.in_flight
             os.kill(daemon.proc.pid, signal.SIGKILL)
             daemon.proc.wait(10)

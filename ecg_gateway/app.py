@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecg_gateway import __version__
 from ecg_gateway.audit import local_actor
 from ecg_gateway.config import Config, redacted_dump
+from ecg_gateway.config_check import check as check_config
+from ecg_gateway.config_check import database_failure
+from ecg_gateway.errors import ConfigError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
@@ -61,7 +66,7 @@ def open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
         elif not at_head(engine):
             raise StartupError("database is not at the migration head: run `ecg-gateway db upgrade`", EX_CONFIG)
     except SQLAlchemyError as exc:
-        raise StartupError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+        raise StartupError(*database_failure(exc)) from exc
     return engine, make_session_factory(engine)
 
 
@@ -88,6 +93,10 @@ class Gateway:
         return self.role == "all" or self.role == part
 
     async def run(self) -> int:
+        try:
+            check_config(self.config, model=False)  # the files and driver the values name (exit 78)
+        except ConfigError as exc:
+            raise StartupError(str(exc), EX_CONFIG) from exc
         self._check_privileges()
         self.engine, self.sessions = open_database(self.config)
         self.ingestor = Ingestor(self.sessions, max_attempts=self.config.worker.max_attempts,
@@ -104,6 +113,25 @@ class Gateway:
         finally:
             await self._stop()
         return 0
+
+    def exit_if_threads_linger(self, code: int) -> None:
+        """End the process without interpreter finalization if the worker thread is still in a
+        model call after the drain (issue #29: SIGABRT on SIGTERM during start-up under load).
+
+        Before Python 3.14, finalization ends a daemon thread that wants the GIL back with
+        ``pthread_exit``; inside a torch call the forced unwind meets a C++ ``noexcept``
+        destructor (pybind11's ``gil_scoped_release``) and ``std::terminate`` aborts. Nothing
+        is lost by skipping finalization: receivers are closed, the audit queue is flushed,
+        and the worker's claimed jobs come back after their lease as after any crash."""
+        lingering = [thread.name for thread in self._threads if thread.is_alive()]
+        if not lingering:
+            return
+        log.warning("exit_without_finalization", threads=lingering, exit_code=code,
+                    reason="still inside a model call after the drain")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     def _check_privileges(self) -> None:
         """Least privilege (security.py): refuse root unless the policy allows it here."""
@@ -187,10 +215,13 @@ class Gateway:
         from ecg_gateway.web import admin_routes
 
         REGISTRY.register(QueueCollector(self.sessions))
-        routes = admin_routes(self.sessions, self.config.http.admin_token, self.health)
+        http = self.config.http
+        routes = admin_routes(self.sessions, http.admin_token, self.health)
+        hosts = [*http.allowed_hosts, *([http.host] if http.host not in ("", "0.0.0.0", "::") else [])]
         try:
-            self._ops_server = start_ops_server(self.config.http.host, self.config.http.port,
-                                                ops_app(self.health, extra_routes=routes))
+            self._ops_server = start_ops_server(
+                http.host, http.port, ops_app(self.health, extra_routes=routes, allowed_hosts=hosts),
+                timeout_s=http.request_timeout_s, max_threads=http.max_threads)
         except OSError as exc:
             raise StartupError(f"cannot bind HTTP port {self.config.http.port}: {exc.strerror}",
                                EX_UNAVAILABLE) from exc
@@ -210,6 +241,8 @@ class Gateway:
         expected = {"dicom": self.wants("ingest") and self.config.dicom.enabled,
                     "hl7": self.wants("ingest") and self.config.hl7.enabled}
         checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
+        if self.wants("ingest"):
+            checks["storage"] = self.ingestor.storage_check()
         for name, component in self._health_sources.items():
             checks.update(component())
         return checks

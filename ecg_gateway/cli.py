@@ -96,15 +96,19 @@ def _fail(message: str, code: int) -> int:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.app import Gateway, StartupError
 
+    gateway = Gateway(config, role=args.role)
     try:
-        return asyncio.run(Gateway(config, role=args.role).run())
+        code = asyncio.run(gateway.run())
     except StartupError as exc:
-        raise CliError(str(exc), exc.exit_code) from exc
+        code = _fail(str(exc), exc.exit_code)
+    gateway.exit_if_threads_linger(code)  # never finalize while torch runs in a thread
+    return code
 
 
 def cmd_db(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from ecg_gateway.config_check import database_failure
     from ecg_gateway.store.db import current_revision, head_revision, make_engine, upgrade_to_head
 
     try:
@@ -114,7 +118,7 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
         current = current_revision(engine)
         engine.dispose()
     except SQLAlchemyError as exc:
-        raise CliError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+        raise CliError(*database_failure(exc)) from exc
     head = head_revision(config.database.url)
     print(f"database at revision {current} (head {head})")
     return EX_OK if args.action == "upgrade" or current == head else EX_CONFIG
@@ -123,6 +127,7 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
 def _sessions(config: Config) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from ecg_gateway.config_check import database_failure
     from ecg_gateway.store.db import at_head, make_engine, make_session_factory
 
     engine = make_engine(config.database.url)
@@ -130,7 +135,7 @@ def _sessions(config: Config) -> Any:
         if not at_head(engine):
             raise CliError("database is not at the migration head: run `ecg-gateway db upgrade`", EX_CONFIG)
     except SQLAlchemyError as exc:
-        raise CliError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+        raise CliError(*database_failure(exc)) from exc
     return make_session_factory(engine)
 
 
@@ -179,8 +184,11 @@ def _model_line(model: dict[str, Any] | None, config: Config) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    """Validate the values and what they name (files, model, database driver); print the config."""
     from ecg_gateway.config import redacted_dump
+    from ecg_gateway.config_check import check
 
+    check(config)
     dumped = redacted_dump(config)
     print(json.dumps(dumped, indent=None if args.json else 2, sort_keys=True))
     return EX_OK

@@ -62,7 +62,10 @@ class Hl7Config(Section):
     max_frame_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     message_timeout_s: float = Field(30.0, gt=0, description="deadline for one frame once it started")
     idle_timeout_s: float = Field(300.0, gt=0)
-    max_connections: int = Field(64, ge=1)
+    write_timeout_s: float = Field(10.0, gt=0, description="an ACK the peer has not read within this "
+                                   "closes the connection (a peer that never reads must not hold a slot)")
+    max_connections: int = Field(64, ge=1,
+                                 description="at the cap a new connection evicts the longest-idle one")
     max_connections_per_ip: int = Field(8, ge=1, description="idle sockets from one address must not exhaust max_connections")
     decode_threads: int = Field(2, ge=1, le=64, description="threads that decode and commit messages; more than 2 "
                                 "only add GIL contention (bench/mllp.py)")
@@ -79,6 +82,10 @@ class HttpConfig(Section):
                                     "so environment only: ECG_GATEWAY__HTTP__ADMIN_TOKEN (or admin_token_file); "
                                     "refused in this file")
     admin_token_file: str | None = Field(None, description="file holding the admin token")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host names the admin page answers to "
+                                     "besides localhost, 127.0.0.1, ::1 and http.host (DNS rebinding)")
+    request_timeout_s: float = Field(10.0, gt=0, description="per socket read/write of a request")
+    max_threads: int = Field(16, ge=1, le=1024, description="requests served at once; more get 503")
 
 
 class OutboundConfig(Section):

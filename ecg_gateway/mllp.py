@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
+from ecg_gateway.caps import longest_idle
 from ecg_gateway.errors import GatewayError
 
 log = structlog.get_logger(__name__)
@@ -173,35 +175,47 @@ TooLargeHandler = Callable[[FrameTooLarge, str], Awaitable[Reply]]
 RefusalHook = Callable[[str, str], None]
 
 
+class _Conn:
+    """One accepted connection, as the connection caps see it."""
+
+    __slots__ = ("ip", "writer", "idle_since", "busy")
+
+    def __init__(self, ip: str, writer: asyncio.StreamWriter, now: float) -> None:
+        self.ip = ip
+        self.writer = writer
+        self.idle_since = now
+        self.busy = False  # a frame started, being handled, or its ACK being written
+
+
 class _Limits:
     def __init__(self, max_frame_bytes: int, message_timeout_s: float, idle_timeout_s: float,
-                 max_connections: int, max_connections_per_ip: int | None) -> None:
+                 max_connections: int, max_connections_per_ip: int | None,
+                 write_timeout_s: float) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.message_timeout_s = message_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.write_timeout_s = write_timeout_s
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip or max_connections
-        self.active = 0
-        self.per_ip: dict[str, int] = {}
+        self.conns: set[_Conn] = set()
 
-    def refusal(self, ip: str) -> str | None:
-        if self.active >= self.max_connections:
-            return "max_connections"
-        if self.per_ip.get(ip, 0) >= self.max_connections_per_ip:
-            return "max_connections_per_ip"
-        return None
+    def admit(self, conn: _Conn) -> tuple[str | None, _Conn | None]:
+        """(refusal reason, None) or (None, the connection to evict to make room, if any)."""
+        same_ip = [c for c in self.conns if c.ip == conn.ip]
+        for reason, cap, pool in (("max_connections_per_ip", self.max_connections_per_ip, same_ip),
+                                  ("max_connections", self.max_connections, list(self.conns))):
+            if len(pool) >= cap:
+                victim = longest_idle(pool, lambda c: c.idle_since, lambda c: c.busy)
+                if victim is None:
+                    return reason, None
+                self.conns.discard(victim)
+                self.conns.add(conn)
+                return None, victim
+        self.conns.add(conn)
+        return None, None
 
-    def enter(self, ip: str) -> None:
-        self.active += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-
-    def leave(self, ip: str) -> None:
-        self.active -= 1
-        left = self.per_ip.get(ip, 1) - 1
-        if left:
-            self.per_ip[ip] = left
-        else:
-            self.per_ip.pop(ip, None)
+    def leave(self, conn: _Conn) -> None:
+        self.conns.discard(conn)
 
 
 async def serve_mllp(
@@ -209,37 +223,46 @@ async def serve_mllp(
     message_timeout_s: float = 30.0, idle_timeout_s: float = 300.0, max_connections: int = 64,
     ssl_context: ssl.SSLContext | None = None, too_large_handler: TooLargeHandler | None = None,
     max_connections_per_ip: int | None = None, on_refused: RefusalHook | None = None,
+    write_timeout_s: float = 10.0,
 ) -> asyncio.Server:
     """Start an MLLP listener; ``handler(payload, "ip:port")`` returns the ACK payload(s) or None.
 
     Messages on one connection are handled one at a time, so ACKs go out in order. A frame
     not finished within ``message_timeout_s`` of its ``<VT>`` closes the connection without
-    an ACK (slow-loris); so does ``idle_timeout_s`` without a complete message. Connections
-    above ``max_connections``, or above ``max_connections_per_ip`` from one address (idle
-    sockets from one host must not lock every sender out), are closed at once and reported to
-    ``on_refused``. ``too_large_handler`` may answer a frame that exceeded the cap (given its
-    first bytes); without it the frame is dropped silently.
+    an ACK (slow-loris); so does ``idle_timeout_s`` without a complete message, and an ACK
+    the peer has not taken within ``write_timeout_s`` (a peer that never reads would hold the
+    connection for ever; Mirth and HAPI close such sockets too). At ``max_connections``, or
+    ``max_connections_per_ip`` from one address, a new connection evicts the longest-idle one
+    with no message in progress (caps.py); only if all are busy is it closed at once. Both
+    are reported to ``on_refused``. ``too_large_handler`` may answer a frame that exceeded the
+    cap (given its first bytes); without it the frame is dropped silently.
     """
     limits = _Limits(max_frame_bytes, message_timeout_s, idle_timeout_s, max_connections,
-                     max_connections_per_ip)
+                     max_connections_per_ip, write_timeout_s)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_name(writer)
-        ip = peer.rsplit(":", 1)[0]
-        reason = limits.refusal(ip)
+        conn = _Conn(peer.rsplit(":", 1)[0], writer, asyncio.get_running_loop().time())
+        reason, victim = limits.admit(conn)
+        if victim is not None:
+            victim_peer = _peer_name(victim.writer)
+            log.warning("mllp_connection_evicted", peer=victim_peer, for_peer=peer,
+                        idle_s=round(conn.idle_since - victim.idle_since, 1))
+            if on_refused is not None:
+                on_refused(victim_peer, "evicted idle connection at the connection cap")
+            victim.writer.transport.abort()
         if reason is not None:
             log.warning("mllp_connection_refused", peer=peer, reason=reason)
             if on_refused is not None:
                 on_refused(peer, reason)
             await _close(writer)
             return
-        limits.enter(ip)
         try:
-            await _connection(reader, writer, peer, handler, too_large_handler, limits)
+            await _connection(reader, writer, peer, handler, too_large_handler, limits, conn)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.info("mllp_connection_lost", peer=peer, error=type(exc).__name__)
         finally:
-            limits.leave(ip)
+            limits.leave(conn)
             await _close(writer)
 
     return await asyncio.start_server(
@@ -250,17 +273,16 @@ async def serve_mllp(
 
 async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str,
                       handler: Handler, too_large_handler: TooLargeHandler | None,
-                      limits: _Limits) -> None:
+                      limits: _Limits, conn: _Conn) -> None:
     loop = asyncio.get_running_loop()
     decoder = MllpDecoder(limits.max_frame_bytes)
-    idle_since = loop.time()
     frame_started: float | None = None
     log.debug("mllp_connected", peer=peer)
     while True:
         if frame_started is not None:
             remaining, reason = frame_started + limits.message_timeout_s - loop.time(), "message_timeout"
         else:
-            remaining, reason = idle_since + limits.idle_timeout_s - loop.time(), "idle_timeout"
+            remaining, reason = conn.idle_since + limits.idle_timeout_s - loop.time(), "idle_timeout"
         try:
             data = await asyncio.wait_for(reader.read(_READ_CHUNK), max(remaining, 0.0))
         except TimeoutError:
@@ -274,6 +296,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             return
         now = loop.time()
         items = decoder.feed(data)
+        conn.busy = bool(items) or decoder.in_frame
         for item in items:
             if isinstance(item, FrameTooLarge):
                 log.warning("mllp_frame_too_large", peer=peer, size=item.size,
@@ -285,16 +308,30 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the listener
                     log.error("mllp_handler_failed", peer=peer, error=type(exc).__name__)
                     return
-            if ack:
-                replies = [ack] if isinstance(ack, bytes) else ack
-                writer.write(b"".join(frame(reply) for reply in replies))
-                await writer.drain()
+            if ack and not await _write(writer, ack, limits.write_timeout_s, peer):
+                return
         if items:
-            idle_since = loop.time()
+            conn.idle_since = loop.time()
+        conn.busy = decoder.in_frame
         if not decoder.in_frame:
             frame_started = None
         elif items or frame_started is None:
             frame_started = now
+
+
+async def _write(writer: asyncio.StreamWriter, ack: bytes | list[bytes], timeout_s: float,
+                 peer: str) -> bool:
+    """Send the ACK(s); False (connection dropped) if the peer does not take them in time."""
+    replies = [ack] if isinstance(ack, bytes) else ack
+    writer.write(b"".join(frame(reply) for reply in replies))
+    try:
+        await asyncio.wait_for(writer.drain(), timeout_s)
+    except TimeoutError:
+        log.warning("mllp_connection_closed", peer=peer, reason="write_timeout",
+                    unsent_bytes=writer.transport.get_write_buffer_size())
+        writer.transport.abort()  # close() would wait for the peer to read what is queued
+        return False
+    return True
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -312,11 +349,18 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         pass
 
 
+#: Does this ACK frame answer the message just sent? (False: a late or duplicate ACK of an
+#: earlier message, skipped.)
+AckMatcher = Callable[[bytes], bool]
+
+
 class MllpClient:
     """A persistent MLLP connection that sends one message and waits for its ACK frame.
 
-    Any failure (timeout, reset, EOF) closes the connection, so a late ACK can never be
-    taken for the answer to the next message; the next ``send`` reconnects.
+    ACK frames that do not answer the message just sent (``answers`` says so: a duplicate or
+    late ACK of an earlier message) are skipped, as HAPI's initiator matches ACKs to messages
+    by MSA-2; frames that arrive after the answer are kept for the next ``send`` to judge.
+    Any failure (timeout, reset, EOF) closes the connection; the next ``send`` reconnects.
     """
 
     def __init__(self, host: str, port: int, *, connect_timeout_s: float = 5.0,
@@ -330,7 +374,9 @@ class MllpClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._decoder = MllpDecoder(max_frame_bytes)
+        self._frames: deque[bytes | FrameTooLarge] = deque()  # decoded, not yet read
         self._lock = asyncio.Lock()
+        self.stale_acks = 0  # ACK frames skipped because they answered another message
 
     @property
     def connected(self) -> bool:
@@ -353,21 +399,27 @@ class MllpClient:
             raise MllpConnectionError(
                 f"cannot connect to {self.host}:{self.port}: {type(exc).__name__}") from exc
         self._decoder = MllpDecoder(self.max_frame_bytes)
+        self._frames.clear()
 
-    async def send(self, payload: bytes) -> bytes:
-        """Send one message and return the payload of the ACK frame that answers it."""
+    async def send(self, payload: bytes, answers: AckMatcher | None = None) -> bytes:
+        """Send one message and return the payload of the ACK frame that answers it.
+
+        The write and the wait for the ACK each have ``ack_timeout_s`` (a peer that does not
+        read must not hold the sender). Without ``answers`` the first frame is the answer."""
         async with self._lock:
             await self.connect()
             assert self._reader is not None and self._writer is not None
-            self._decoder = MllpDecoder(self.max_frame_bytes)  # nothing stale is read as an ACK
+            skipped = self.stale_acks
             try:
                 self._writer.write(frame(payload))
                 await asyncio.wait_for(self._writer.drain(), self.ack_timeout_s)
-                return await asyncio.wait_for(self._read_ack(), self.ack_timeout_s)
+                return await asyncio.wait_for(self._read_ack(answers), self.ack_timeout_s)
             except TimeoutError as exc:
                 await self.close()
+                stale = self.stale_acks - skipped
+                note = f" ({stale} ACK(s) for another message skipped)" if stale else ""
                 raise MllpTimeout(f"no ACK from {self.host}:{self.port} "
-                                  f"within {self.ack_timeout_s} s") from exc
+                                  f"within {self.ack_timeout_s} s{note}") from exc
             except MllpError:
                 await self.close()
                 raise
@@ -376,17 +428,22 @@ class MllpClient:
                 raise MllpConnectionError(
                     f"connection to {self.host}:{self.port} failed: {type(exc).__name__}") from exc
 
-    async def _read_ack(self) -> bytes:
+    async def _read_ack(self, answers: AckMatcher | None) -> bytes:
         assert self._reader is not None
         while True:
-            data = await self._reader.read(_READ_CHUNK)
-            if not data:
-                raise MllpConnectionError(f"{self.host}:{self.port} closed without an ACK")
-            for item in self._decoder.feed(data):
+            while self._frames:
+                item = self._frames.popleft()
                 if isinstance(item, FrameTooLarge):
                     raise MllpError(f"ACK from {self.host}:{self.port} exceeds "
                                     f"{self.max_frame_bytes} bytes")
-                return item  # anything after the first ACK frame is dropped with the decoder
+                if answers is None or answers(item):
+                    return item
+                self.stale_acks += 1
+                log.info("mllp_stale_ack_skipped", peer=f"{self.host}:{self.port}")
+            data = await self._reader.read(_READ_CHUNK)
+            if not data:
+                raise MllpConnectionError(f"{self.host}:{self.port} closed without an ACK")
+            self._frames.extend(self._decoder.feed(data))
 
     async def close(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None

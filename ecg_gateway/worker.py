@@ -35,7 +35,7 @@ from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.outbound.oru import new_control_id
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
-from ecg_gateway.store.queue import Claimed, claim, complete, record_event, retry_later
+from ecg_gateway.store.queue import Claimed, claim, complete, record_event, release, retry_later
 from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
 from ecg_gateway.triage.service import Triager, TriageOutcome
 
@@ -86,6 +86,8 @@ class Worker:
         self.heartbeat = time.time()
         self.processed = 0
         self.failures = 0  # consecutive batches that raised (e.g. database unreachable)
+        self._unreleased: list[Claimed] = []  # claimed by a batch that failed, not yet given back
+        self._release_reason = ""
 
     # --- health ------------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Worker:
                 self.failures += 1
                 self._last_error = f"{type(exc).__name__}"
                 log.error("worker_batch_failed", error=type(exc).__name__, failures=self.failures)
+                self._release()
                 stop.wait(min(30.0, self._config.worker.poll_interval_s * 2 ** min(self.failures, 5)))
                 continue
             if n < self._batch_size:
@@ -201,18 +204,47 @@ class Worker:
         self.heartbeat = time.time()
         if not self.ensure_model():
             return 0
+        if self._unreleased and not self._release():
+            raise RuntimeError("the jobs of a failed batch could not be given back yet")
         started = time.perf_counter()
         items = self._claim()
         if not items:
             return 0
-        for item in items:
-            self._decode_one(item)
-        inferring = time.perf_counter()
-        self._infer([i for i in items if i.ecg is not None])
-        latency_ms = (time.perf_counter() - started) * 1000
-        self._commit(items, latency_ms, infer_ms=(time.perf_counter() - inferring) * 1000)
+        try:
+            for item in items:
+                self._decode_one(item)
+            inferring = time.perf_counter()
+            self._infer([i for i in items if i.ecg is not None])
+            latency_ms = (time.perf_counter() - started) * 1000
+            self._commit(items, latency_ms, infer_ms=(time.perf_counter() - inferring) * 1000)
+        except Exception as exc:
+            self._unreleased = [i.job for i in items]  # the commit is all or nothing
+            self._release_reason = f"batch failed: {type(exc).__name__}"
+            raise
         self.heartbeat = time.time()
         return len(items)
+
+    def _release(self) -> bool:
+        """Give the jobs of a failed batch back at once (queue.release), not after their lease;
+        False if the database still fails (they are tried again before the next claim)."""
+        if not self._unreleased:
+            return True
+        error = self._release_reason
+        try:
+            with self._sessions.begin() as session:
+                states = release(session, Job, self._unreleased, error)
+                for job in self._unreleased:
+                    if job.id in states:
+                        record_event(session, "triage_failed", message_id=job.ref_id, job_id=job.id,
+                                     detail={"error": error, "state": states[job.id],
+                                             "attempt": job.attempts})
+        except SQLAlchemyError as exc:
+            log.warning("worker_release_failed", jobs=len(self._unreleased), error=type(exc).__name__)
+            return False
+        log.warning("worker_batch_released", jobs=len(self._unreleased), released=len(states),
+                    job_ids=[job.id for job in self._unreleased])
+        self._unreleased = []
+        return True
 
     # --- steps ---------------------------------------------------------------------------
 

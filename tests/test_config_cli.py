@@ -122,3 +122,74 @@ def test_acute_threshold_override_changes_the_cli_decision(tmp_path: Path) -> No
     assert a["probabilities"] == b["probabilities"]
     assert a["category"] == "acute"
     assert b["category"] == max(b["probabilities"], key=b["probabilities"].get)
+
+
+# --- issue #29 D5: what the values name is checked too, and every failure names its key ------
+
+def _bad_references(tmp_path: Path) -> dict[str, tuple[dict[str, dict[str, object]], str]]:
+    """case -> (config sections, what the one-line error must contain)."""
+    from tests.tls_certs import make_pki
+
+    pki = make_pki(tmp_path)
+    missing = str(tmp_path / "absent.pem")
+    return {
+        "outbound CA missing": ({"outbound": {"host": "127.0.0.1", "tls_ca_file": missing}},
+                                "outbound.tls_ca_file: "),
+        "no driver": ({"database": {"url": "mysql://x"}}, "database.url: the driver for mysql"),
+        "unknown database": ({"database": {"url": "oracle9://x"}}, "database.url: unknown database"),
+        "HL7 key missing": ({"hl7": {"tls_cert_file": str(pki.server_cert), "tls_key_file": missing}},
+                            "hl7.tls_key_file: "),
+        "HL7 key is not a key": ({"hl7": {"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.ca)}},
+                                 "hl7.tls_cert_file, hl7.tls_key_file: the certificate, key or CA cannot"),
+        "DICOM key without cert": ({"dicom": {"tls_key_file": str(pki.server_key)}}, "dicom.tls_cert_file: unset"),
+        "client CA is not PEM": ({"dicom": {"tls_cert_file": str(pki.server_cert), "tls_key_file": str(pki.server_key),
+                                            "tls_client_ca_file": str(tmp_path / "c.yaml")}},
+                                 "dicom.tls_client_ca_file"),
+        "model missing": ({"model": {"path": str(tmp_path / "absent.pt")}}, "model.path: "),
+        "SQLite folder missing": ({"database": {"url": f"sqlite:///{tmp_path / 'nowhere' / 'gw.db'}"}},
+                                  "database.url: the folder"),
+    }
+
+
+def test_check_config_checks_files_model_and_driver_each_by_key(tmp_path: Path) -> None:
+    """Each of these used to pass `check-config` (exit 0) and crash or mislead `serve`."""
+    for case, (sections, message) in _bad_references(tmp_path).items():
+        config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}", **sections)  # type: ignore[arg-type]
+        result = run_cli("check-config", "--config", str(config))
+        assert result.returncode == 78, (case, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (case, result.stderr)
+
+
+@pytest.mark.parametrize("case", ["outbound CA missing", "no driver", "HL7 key missing"])
+def test_serve_names_the_key_and_exits_78(tmp_path: Path, case: str) -> None:
+    """Issue #29 D5: these were exit 1 (FileNotFoundError, ModuleNotFoundError) or 69 blaming
+    the port ("cannot bind HL7 port: [SSL] PEM lib"). A missing model is not among them:
+    `serve` runs degraded without one (T8, test_e2e)."""
+    sections, message = _bad_references(tmp_path)[case]
+    config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}", **sections)  # type: ignore[arg-type]
+    result = run_cli("serve", "--config", str(config), timeout=120)
+    assert result.returncode == 78 and message in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("ecg-gateway: error: invalid config key")
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("change", "code", "reason"), [
+    ("port", 69, "Connection refused"),
+    ("database", 78, "does not exist"),
+    ("role", 78, 'role "nobody_here" does not exist'),
+])
+def test_wrong_postgres_url_says_why(tmp_path: Path, pg_url: str, change: str, code: int, reason: str) -> None:
+    """Issue #29 D5: a wrong port, database or role was 69 "database unavailable:
+    OperationalError" with no reason; a URL naming something absent is now a config error."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    url = {"port": url.set(port=1), "database": url.set(database="no_such_db"),
+           "role": url.set(username="nobody_here")}[change]
+    config = write_config(tmp_path / "c.yaml", url.render_as_string(hide_password=False),
+                          hl7={"enabled": False}, http={"enabled": False})
+    result = run_cli("serve", "--config", str(config), timeout=60)
+    assert result.returncode == code and reason in result.stderr, result.stderr
+    assert "database unavailable" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    if code == 78:
+        assert "database.url" in result.stderr

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from bench.chaos import Spec, failures, run
@@ -29,9 +30,15 @@ from tests.test_e2e import _store
 ALL = ["acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable"]
 
 
+@pytest.mark.timeout(900)  # six daemon starts: each takes half a minute on a loaded 2-core box
 def test_t1_sixty_ecgs_five_sigkills_nothing_lost_nothing_doubled(tmp_path: Path) -> None:
+    """An aimed kill waits for its phase to happen (a store in flight, a job leased, an ORU
+    being sent) instead of firing after 3 s whatever is going on: on a loaded machine the
+    restarted daemon needs longer than that to load its model, and the send kill used to miss
+    (issue #29). The assertion that a kill hit a send keeps its teeth: it is observed."""
     spec = Spec(ecgs=60, kills=5, rate_per_s=6.0, acute_share=None, deliver_all=True, faults={},
-                attach_pdf=False, uptime_s=(0.5, 2.0), recordings=6, seed=11, drain_timeout_s=120)
+                attach_pdf=False, uptime_s=(0.5, 2.0), recordings=6, seed=11, drain_timeout_s=120,
+                phase_timeout_s=120)
     report = run(spec, tmp_path, log=lambda line: None)
     assert failures(report) == [], report
     assert report["kills"] == 5 and report["acked"] == 60 and report["lost"] == 0

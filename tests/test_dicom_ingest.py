@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from ecg_gateway.inbound.decode import decode_message
 from ecg_gateway.store.db import make_engine, make_session_factory
-from ecg_gateway.store.models import Job, Message
+from ecg_gateway.store.models import Event, Job, Message
 from ecg_gateway.store.queue import claim
 from tests.conftest import shared_data
 from tests.dicom_builders import TWELVE_LEAD, ecg_dataset, synthetic_signal_mv
@@ -162,12 +162,19 @@ def _mutate(name: str) -> Dataset:
             del ch.ChannelSensitivityUnitsSequence
     elif name == "uid_traversal":
         ds.SOPInstanceUID = "../x"
+    elif name == "negative_sensitivity":  # issue #29: it silently inverted every lead
+        group.ChannelDefinitionSequence[0].ChannelSensitivity = "-" + str(
+            group.ChannelDefinitionSequence[0].ChannelSensitivity)
+    elif name == "negative_correction":
+        for ch in group.ChannelDefinitionSequence:
+            ch.ChannelSensitivityCorrectionFactor = "-1"
     return ds
 
 
 INVALID_WAVEFORMS = ["no_waveform", "zero_channels", "fourteen_channels", "length_mismatch", "fs_zero",
                      "fs_negative", "fs_nan", "fs_inf", "fs_too_high", "huge_sample_count", "bits_32",
-                     "interpretation_us", "no_sensitivity_units", "uid_traversal"]
+                     "interpretation_us", "no_sensitivity_units", "uid_traversal", "negative_sensitivity",
+                     "negative_correction"]
 
 
 @pytest.mark.parametrize("case", INVALID_WAVEFORMS)
@@ -177,6 +184,38 @@ def test_t10_invalid_waveform_gets_a900_and_stores_nothing(gateway, case: str) -
     assert status == 0xA900, (case, hex(status), comment)
     assert comment and "SYN0001" not in comment and "TEST" not in comment
     assert _counts(db_url) == (0, 0)
+
+
+def test_negative_sensitivity_is_refused_citing_the_standard(gateway) -> None:
+    proc, _, _ = gateway
+    for case, field in (("negative_sensitivity", "ChannelSensitivity <"),
+                        ("negative_correction", "ChannelSensitivityCorrectionFactor <")):
+        status, comment = _store(proc.ports["dicom"], _mutate(case))
+        assert (status, comment) == (0xA900, f"{field} 0 (PS3.3 C.10.9.1.4.2)")
+
+
+def test_uids_breaking_ps3_5_9_1_are_stored_and_the_breach_recorded(gateway) -> None:
+    """Issue #29 decision: leading zeros and empty components break PS3.5 9.1, yet real devices
+    write them (ECG Toolkit: ``…091000..1``); refusing would lose ECGs, so they are stored and
+    the received event names the rule (used to pass without a trace)."""
+    from pydicom import config as pydicom_config
+
+    proc, _, db_url = gateway
+    saved = pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE  # a sloppy cart
+    try:
+        for uid in ("1.02.003", "1.2.3.", "1.2.826.0.1.3"):
+            assert _store(proc.ports["dicom"], ecg_dataset(uid=uid))[0] == 0x0000
+    finally:
+        pydicom_config.settings.writing_validation_mode = saved
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as s:
+        details = {e.detail["ecg_uid"]: e.detail.get("uid_nonconformant")
+                   for e in s.scalars(select(Event).where(Event.kind == "received"))}
+    engine.dispose()
+    assert details == {"1.02.003": "leading zero in a component (PS3.5 9.1)",
+                       "1.2.3.": "empty component (PS3.5 9.1)", "1.2.826.0.1.3": None}
+    assert "dicom_uid_nonconformant" in proc.output()
 
 
 def _store_file_bytes(port: int, path: Path, sop_class: str) -> int:

@@ -215,8 +215,9 @@ def migrated_sessions(tmp_path: Path) -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
-def test_association_rejections_happen_as_documented(tmp_path: Path) -> None:
-    """A real SCP on loopback: unknown calling AE -> (1,1,3); over the limit -> (2,3,2)."""
+def test_association_rejections_and_evictions_happen_as_documented(tmp_path: Path) -> None:
+    """A real SCP on loopback: unknown calling AE -> (1,1,3); at the association limit the
+    idle association is closed to make room for the new one (issue #29), not rejected."""
     rows = table(doc("dicom-conformance.md"), "association-rejections")
     columns = ("Result", "Source", "Reason / diagnosis")
     documented = {tuple(int(r[k].split()[0]) for k in columns) for r in rows}
@@ -225,25 +226,31 @@ def test_association_rejections_happen_as_documented(tmp_path: Path) -> None:
     port = server.server_address[1]
     try:
         seen = set()
-        for calling in ("ROGUE", "CART1"):
-            scu = AE(ae_title=calling)
-            scu.add_requested_context(Verification)
-            deadline = time.monotonic() + 5
-            while server.active_associations and time.monotonic() < deadline:
-                time.sleep(0.01)  # the rejected association's thread is still ending
-            first = scu.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")
-            if calling == "CART1":
-                assert first.is_established
-                second = scu.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")
-                first.release()
-                first = second
-            assert first.is_rejected
-            rj = first.acceptor.primitive
-            seen.add((int(rj.result), int(rj.result_source), int(rj.diagnostic)))
-            scu.shutdown()
+        scu = AE(ae_title="ROGUE")
+        scu.add_requested_context(Verification)
+        rejected = scu.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")
+        assert rejected.is_rejected
+        rj = rejected.acceptor.primitive
+        seen.add((int(rj.result), int(rj.result_source), int(rj.diagnostic)))
+        scu.shutdown()
+        deadline = time.monotonic() + 5
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)  # the rejected association's thread is still ending
+        cart = AE(ae_title="CART1")
+        cart.add_requested_context(Verification)
+        first = cart.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")
+        assert first.is_established
+        second = cart.associate("127.0.0.1", port, ae_title="ECG_GATEWAY")  # over the limit of 1
+        assert second.is_established and second.send_c_echo().Status == 0x0000
+        while first.is_established and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
+        assert not first.is_established  # the idle one was closed to make room
+        second.release()
+        cart.shutdown()
     finally:
         server.shutdown()
-    assert seen == documented == {(1, 1, 3), (2, 3, 2)}
+    assert seen == documented == {(1, 1, 3)}
+    assert "the longest-idle connection" in doc("dicom-conformance.md")
 
 
 # --- HL7 interface specification -------------------------------------------------------------
@@ -291,6 +298,7 @@ def _cases() -> dict[tuple[str, int], bytes]:
         ("AE", 101): no_obx,
         ("AE", 102): gen.inbound_oru(number="1e5"),
         ("AE", 103): _msh(ok, 18, "ISO IR87"),
+        ("AE", 100): ok + _msh(ok, 10, "SECOND-1"),  # two messages in one frame (issue #29)
     }
 
 

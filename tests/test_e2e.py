@@ -21,6 +21,7 @@ from tests.dicom_builders import ecg_dataset
 from tests.ehr_peer import EhrPeer, control_id
 from tests.gateway_proc import REPO, GatewayProcess, run_cli, write_config
 from tests.hl7_builders import ptbxl_record, waveform_oru
+from tests.pace import scaled
 from tests.test_hl7_serve import _msa, _send_all
 
 
@@ -63,28 +64,32 @@ def ehr() -> Iterator[EhrPeer]:
 def gateway(tmp_path: Path, ehr: EhrPeer) -> Iterator[tuple[GatewayProcess, Path, str]]:
     db_url = f"sqlite:///{tmp_path / 'gw.db'}"
     config = write_config(tmp_path / "c.yaml", db_url, dicom={"accept_hemodynamic": True},
-                          worker={"poll_interval_s": 5},
+                          worker={"poll_interval_s": 60},  # only the nudge can be fast enough
                           outbound={"host": "127.0.0.1", "port": ehr.port, "categories": list(
                               ("acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable")),
                               # one ORU per result here: a PDF late under load would add its
                               # corrected ORU (tests/test_e2e_results.py covers that)
                               "acute_pdf_budget_s": 10})
     proc = GatewayProcess(config).wait_started()
-    proc.wait_for_event("model_loaded", timeout=60)
+    proc.wait_for_event("worker_model_ready", timeout=120)  # loaded and warmed up: ready to triage
     yield proc, config, db_url
     proc.stop()
 
 
 def test_each_dicom_file_reaches_a_result_within_2s_and_matches_triage_cli(gateway, tmp_path: Path) -> None:
+    """2 s on a machine that gives the daemon its CPU; on a loaded one the deadline stretches
+    with the measured CPU share (tests/pace.py, at most 5x: 10 s), still far below the 60 s
+    poll interval a lost nudge would cost (issue #29)."""
     proc, config, db_url = gateway
     files = [shared_data("dicom-ecg", n) for n in
              ("pydicom_waveform_ecg.dcm", "dcm-waveform_test_ecg.dcm", "ecgtoolkit_Example.dcm")]
     for index, path in enumerate(files):
+        deadline = scaled(2.0)
         started = time.monotonic()
         assert _store(proc.ports["dicom"], pydicom.dcmread(path)) == 0x0000
-        rows = _wait_results(db_url, index + 1, timeout=2.0)
-        assert len(rows) == index + 1, f"{path.name}: no result within 2 s"
-        assert time.monotonic() - started < 2.0
+        rows = _wait_results(db_url, index + 1, timeout=deadline)
+        assert len(rows) == index + 1, f"{path.name}: no result within {deadline:.1f} s"
+        assert time.monotonic() - started < deadline
     report = json.loads(run_cli("status", "--config", str(config), "--json").stdout)
     assert sum(report["results"].values()) == 3
     assert report["model"]["model_id"] == "ecg-triage-ptbxl100-v1"

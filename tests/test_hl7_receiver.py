@@ -221,6 +221,9 @@ def _bad_messages(record) -> list[tuple[str, bytes, str, str, str]]:  # type: ig
         ("latin-1 without MSH-18", good.replace("DOE", "MÜLLER").encode("latin-1"), "AE", "102", "BAD-x"),
         ("invalid UTF-8", with_msh(charset="UNICODE UTF-8").replace(b"DOE", b"D\xff\xfeE"), "AE", "102",
          "BAD-x"),
+        # issue #29: two messages in one frame: the frame is refused as a whole, neither stored
+        ("two messages in one frame", (good + small_oru(record, "BAD-y").decode("ascii")).encode(), "AE",
+         "100", "BAD-x"),
         ("non-ASCII under ASCII", with_msh(charset="ASCII").replace(b"DOE", b"D\xc3\x96E"), "AE", "102",
          "BAD-x"),
         ("unknown MSH-18", with_msh(charset="ISO IR87"), "AE", "103", "BAD-x"),

@@ -93,12 +93,25 @@ def ack(code: str, control: str) -> bytes:
             f"MSA|{code}|{control}|ZZCANARY says hello\r{err}").encode()
 
 
+NAME = "ZZCANARY^DOE^JANE"
+_ECHO_MSH = "MSH|^~\\&|EHR|HOSP|ECG-GATEWAY|HOSP|20250101120000||ACK^R01^ACK|A1|P|2.5.1\r"
+#: ACKs from an EHR that echoes a patient name where codes belong (issue #29, D3).
+ECHOES: dict[str, Callable[[str], bytes]] = {
+    "msa1": lambda control: f"{_ECHO_MSH}MSA|{NAME}|{control}\r".encode(),
+    "msa2": lambda control: f"{_ECHO_MSH}MSA|AA|{NAME}\r".encode(),
+    "err3": lambda control: f"{_ECHO_MSH}MSA|AR|{control}\rERR|||{NAME}|E\r".encode(),
+    "err3-ae": lambda control: f"{_ECHO_MSH}MSA|AE|{control}\rERR|||{NAME}|E\r".encode(),
+}
+
+
 class FakeEhr:
     """MLLP server answering the n-th ORU as ``script[n]`` says (then AA forever).
 
     Steps: AA, CA, AE, AR (answer with that code); wrong (AA for another control id);
     close (hang up without an ACK); slow (answer after the sender's ACK timeout);
-    split (AA sent in three packets).
+    split (AA sent in three packets); twice (AA, and the same AA again 0.2 s later);
+    CA+AA (an accept ACK, then the application ACK 0.2 s later); echo (an ACK that
+    carries a patient name in MSA-1, MSA-2 or ERR-3 instead of codes: see ECHOES).
     """
 
     def __init__(self, script: list[str] | None = None) -> None:
@@ -139,6 +152,14 @@ class FakeEhr:
             return False
         if step == "slow":
             await asyncio.sleep(1.0)  # the sender gave up after 0.5 s and hung up
+        if step in ("twice", "CA+AA"):
+            first, late = ("AA", "AA") if step == "twice" else ("CA", "AA")
+            writer.write(frame(ack(first, control)))
+            asyncio.get_running_loop().call_later(0.2, writer.write, frame(ack(late, control)))
+            return True
+        if step.startswith("echo:"):
+            writer.write(frame(ECHOES[step[5:]](control)))
+            return True
         if step == "split":
             data = frame(ack("AA", control))
             for part in (data[:5], data[5:40], data[40:]):
@@ -227,6 +248,64 @@ async def test_t4_fault_ends_delivered_with_identical_resends(sessions: Sessions
     assert len(ehr.received) == attempts
     assert_identical_resends(ehr, sessions, row)
     assert events(sessions, row) == kinds
+
+
+@pytest.mark.parametrize("step", ["twice", "CA+AA"])
+async def test_t4_late_and_duplicate_acks_are_skipped_not_taken_for_the_next_oru(
+        sessions: Sessions, step: str) -> None:
+    """Issue #29 D2: an EHR that sends each ACK twice (or CA, then AA) 0.2 s apart. The late
+    copy waits in the socket until the next ORU is sent; it must be skipped (MSA-2 names the
+    previous ORU), not taken as the answer, which used to resend ORUs the EHR had accepted."""
+    ehr = await FakeEhr([step] * 4).start()
+    sender = Sender(sessions, config(ehr.port), decode_dicom)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sender.run(stop))
+    rows = []
+    try:
+        for _ in range(4):  # one ORU at a time, each after the previous one's late ACK came
+            rows.append(await asyncio.to_thread(add_outbound, sessions))
+            sender.nudge()
+            async with asyncio.timeout(5):
+                while (await asyncio.to_thread(states, sessions))[rows[-1]][0] != "delivered":
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(0.3)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5.0)
+        await ehr.stop()
+    assert sorted(control_of(p) for p in ehr.received) == sorted({control_of(p) for p in ehr.received})
+    assert len(ehr.received) == 4 and ehr.connections == 1
+    assert [states(sessions)[row][:2] for row in rows] == [("delivered", 1)] * 4
+    assert sender._client is not None and sender._client.stale_acks == 3  # the 4th is never read
+
+
+@pytest.mark.parametrize(("echo", "state", "error"), [
+    ("msa1", "pending", "unknown MSA-1 (not AA/AE/AR/CA/CE/CR)"),
+    ("msa2", "pending", "1 ACK(s) for another message skipped"),
+    ("err3", "dead", "AR: rejected by the EHR (ERR-3 not a table 0357 code)"),
+    ("err3-ae", "pending", "AE: application error at the EHR (ERR-3 not a table 0357 code)"),
+])
+async def test_t14_only_codes_are_kept_from_the_ehr(sessions: Sessions, echo: str, state: str,
+                                                   error: str) -> None:
+    """Issue #29 D3: a patient name where the EHR should write codes (MSA-1, MSA-2, ERR-3)
+    reaches neither ``outbound.last_error``, the events, the logs nor the admin page."""
+    from ecg_gateway.web import AdminPage
+
+    row = add_outbound(sessions, max_attempts=2 if state == "dead" else 9)
+    ehr = await FakeEhr([f"echo:{echo}"]).start()
+    sender = Sender(sessions, config(ehr.port, backoff_initial_s=60, backoff_max_s=60), decode_dicom)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await sender.run_once()
+    finally:
+        await ehr.stop()
+    got_state, attempts, last_error = states(sessions)[row]
+    assert (got_state, attempts) == (state, 1) and last_error is not None and error in last_error
+    with sessions() as s:
+        details = repr(s.scalars(select(Event.detail).where(Event.outbound_id == row)).all())
+    page = b"".join(AdminPage(sessions, None, dict).index({"REQUEST_METHOD": "GET"}, lambda *a: None))
+    for where in (last_error, details, repr(logs), page.decode()):
+        assert "ZZCANARY" not in where and "DOE" not in where
 
 
 async def test_t4_wrong_msa2_reconnects_before_the_resend(sessions: Sessions) -> None:

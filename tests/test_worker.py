@@ -367,3 +367,49 @@ def test_t5_database_outage_is_survived_and_reported(tmp_path: Path, checkpoint:
         stop.set()
         thread.join(5)
         engine.dispose()
+
+
+def test_a_batch_whose_commit_lost_its_connection_is_released_at_once(pg_url: str, checkpoint: Path) -> None:
+    """Issue #29 D4: PostgreSQL drops the worker's connection in the middle of its commit. The
+    claimed jobs are given back at once (next attempt within seconds), not left ``running``
+    until ``worker.lease_s`` (60 s here) ends."""
+    from sqlalchemy import text
+
+    upgrade_to_head(pg_url)
+    engine = make_engine(pg_url)
+    sessions = make_session_factory(engine)
+    enqueue(Ingestor(sessions), [synthetic.synthetic_ecg(i) for i in range(4)])
+    config = make_config(checkpoint, poll=0.05).model_copy(update={"worker": WorkerConfig(
+        poll_interval_s=0.05, lease_s=60, max_attempts=3)})
+    worker = Worker(sessions, config, decode_npz)
+    assert worker.ensure_model()
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    locker, watcher = engine.connect(), engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        locker.execute(text("LOCK TABLE results IN EXCLUSIVE MODE"))  # the commit will wait here
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not (waiting := watcher.execute(text(
+                "SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar()):
+            assert time.monotonic() < deadline, "the worker never reached its commit"
+            time.sleep(0.05)
+        watcher.execute(text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"), {"pids": waiting})
+        locker.rollback()
+        dropped = time.monotonic()
+        while count(sessions, Job, Job.state == "done") < 4 and time.monotonic() < dropped + 15:
+            time.sleep(0.05)
+        redone_s = time.monotonic() - dropped
+    finally:
+        locker.close()
+        watcher.close()
+        stop.set()
+        thread.join(10)
+    with sessions() as s:
+        jobs = s.execute(select(Job.state, Job.attempts)).all()
+        failed = s.scalars(select(Event.detail).where(Event.kind == "triage_failed")).all()
+    engine.dispose()
+    assert sorted(jobs) == [("done", 2)] * 4, jobs  # one attempt lost to the drop, none to the lease
+    assert redone_s < 15 and worker.processed == 4
+    assert [d["error"] for d in failed] == ["batch failed: OperationalError"] * 4

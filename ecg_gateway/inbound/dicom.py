@@ -112,6 +112,18 @@ def is_truncated(ds: Dataset) -> bool:
     return False
 
 
+def uid_nonconformance(uid: str) -> str | None:
+    """Which PS3.5 9.1 rule a digits-and-dots UID breaks (an empty component, as in ``1.2..3``
+    or ``1.2.3.``, or a leading zero, as in ``1.02``), or None. Such UIDs are accepted and
+    the breach recorded (decisions.md, issue #29): real devices write them."""
+    components = uid.split(".")
+    if any(not c for c in components):
+        return "empty component (PS3.5 9.1)"
+    if any(len(c) > 1 and c.startswith("0") for c in components):
+        return "leading zero in a component (PS3.5 9.1)"
+    return None
+
+
 def validate_uid(value: object, field: str) -> str:
     text = str(value or "").strip("\x00 ")
     if not text or len(text) > 64 or not _UID.match(text):
@@ -216,6 +228,13 @@ def _gain_mv(channel: Dataset) -> float:
     correction = _float(channel, "ChannelSensitivityCorrectionFactor", 1.0)
     if sensitivity is None or sensitivity == 0 or correction == 0:
         raise InvalidEcgError("channel sensitivity missing or zero", field="ChannelSensitivity")
+    # The value of one LSB and a calibration ratio (PS3.3 C.10.9.1.4.2): a sign would invert the
+    # lead, and ST direction is what the acute class reads (issue #29: refused, not honoured)
+    if sensitivity < 0:
+        raise InvalidEcgError("ChannelSensitivity < 0 (PS3.3 C.10.9.1.4.2)", field="ChannelSensitivity")
+    if correction is not None and correction < 0:
+        raise InvalidEcgError("ChannelSensitivityCorrectionFactor < 0 (PS3.3 C.10.9.1.4.2)",
+                              field="ChannelSensitivityCorrectionFactor")
     return sensitivity * correction * _units_mv(channel)
 
 

@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import Any
@@ -26,7 +27,8 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from ecg_gateway.config import DicomConfig
 from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
-from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset
+from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset, uid_nonconformance
+from ecg_gateway.inbound.dicom_slots import DicomSlots
 from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
 from ecg_gateway.security import server_context
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
@@ -40,7 +42,6 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 ASSOCIATE_RQ_CAP = 1 << 20
 _UID = re.compile(r"[0-9]+(\.[0-9]*)*")
-_PENDING_LOCK = threading.Lock()
 
 # Deflated Explicit VR LE is deliberately not offered (decompression bombs; reliability.md §0.2).
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
@@ -60,7 +61,9 @@ def build_ae(config: DicomConfig) -> AE:
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for uid in accepted_sop_classes(config):
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)
-    ae.maximum_associations = config.max_associations
+    # the real cap is enforced at accept (dicom_slots.py); pynetdicom's own count, taken at
+    # A-ASSOCIATE-RQ, still includes evicted connections for a moment: give it room
+    ae.maximum_associations = 2 * config.max_associations
     ae.maximum_pdu_size = config.max_pdu_bytes
     ae.acse_timeout = config.acse_timeout_s
     ae.dimse_timeout = config.dimse_timeout_s
@@ -78,7 +81,11 @@ class StoreHandler:
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo),
-                (evt.EVT_REJECTED, self.on_rejected)]
+                (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_CONN_OPEN, self.on_open)]
+
+    def on_open(self, event: evt.Event) -> None:
+        """Start the connection's idle clock (dicom_slots.py evicts the longest-idle one)."""
+        event.assoc._ecg_since = time.monotonic()
 
     def on_rejected(self, event: evt.Event) -> None:
         """An association we refused: an unknown calling AE is a security alert."""
@@ -93,11 +100,15 @@ class StoreHandler:
 
     def on_store(self, event: evt.Event) -> Dataset | int:
         peer = _peer(event)
+        event.assoc._ecg_busy = True  # a message in progress: never evicted at the cap
         try:
             answer = self._store(event, peer)
         except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
             log.exception("c_store_internal_error", peer=peer)
             answer = _status(PROCESSING_FAILURE, "internal error")
+        finally:
+            event.assoc._ecg_busy = False
+            event.assoc._ecg_rx = time.monotonic()
         code = answer if isinstance(answer, int) else int(answer.Status)
         DICOM_STATUSES.labels(status=f"0x{code:04X}").inc()
         if code != SUCCESS:
@@ -124,10 +135,13 @@ class StoreHandler:
             return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc), exc.field, uid)
         except (UndecodableError, GatewayError, ValueError, TypeError, KeyError, AttributeError) as exc:
             return self._reject(peer, CANNOT_UNDERSTAND, f"cannot decode ({type(exc).__name__})", None, uid)
+        breach = uid_nonconformance(ecg.uid or "")
+        if breach is not None:  # accepted (real devices write these), recorded for the vendor
+            log.warning("dicom_uid_nonconformant", peer=peer, ecg_uid=ecg.uid, rule=breach)
         message = InboundMessage(
             source="dicom", idempotency_key=f"dicom:{ecg.uid}", raw=part10_bytes(event),
             content_type="application/dicom", peer=peer, ecg_uid=ecg.uid,
-            identifiers=ecg.demographics.as_dict(),
+            identifiers=ecg.demographics.as_dict(), notes={"uid_nonconformant": breach} if breach else {},
         )
         try:
             self._ingestor.accept(message)
@@ -172,13 +186,14 @@ class EcgAssociationServer(ThreadedAssociationServer):
 
     - TCP_NODELAY on accepted sockets: small response PDUs otherwise meet Nagle + delayed
       ACK and a cart waits ~40 ms per round trip.
-    - A cap on sockets per source address: pynetdicom counts a socket that never sent an
-      A-ASSOCIATE-RQ as an association, so idle sockets could lock real carts out.
+    - Caps on sockets per source address and in all, evicting the longest-idle connection
+      (dicom_slots.py): pynetdicom counts a socket that never sent an A-ASSOCIATE-RQ as an
+      association, so idle sockets could lock real carts out.
     - The TLS handshake runs in the connection's own thread with a timeout, not in the accept
       loop, where one stalled client blocks every new association (reliability.md §0.1).
     """
 
-    max_connections_per_ip = 8
+    slots = DicomSlots(per_ip=8, total=16)
     handshake_timeout_s = 5.0
     tls_context: ssl.SSLContext | None = None
     alert: Callable[..., None] = staticmethod(lambda reason, peer, **detail: None)
@@ -189,24 +204,22 @@ class EcgAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Per-address cap over associations *and* sockets not yet associated (a TLS handshake
-        in progress is no association yet, but holds a thread all the same)."""
+        """Connection caps (dicom_slots.py): per address and in all, over associations *and*
+        sockets not yet associated (a TLS handshake in progress holds a thread all the same).
+        At a cap the longest-idle connection is evicted; refused only if all are busy."""
         ip = client_address[0]
-        active = sum(1 for a in self.active_associations if a.requestor.address == ip)
-        with _PENDING_LOCK:
-            pending = self.__dict__.setdefault("_pending", {})
-            if active + pending.get(ip, 0) >= self.max_connections_per_ip:
-                refused = True
-            else:
-                refused = False
-                pending[ip] = pending.get(ip, 0) + 1
-        if refused:
-            log.warning("dicom_connection_refused", peer_ip=ip, reason="too many connections from this address")
-            self.alert("too many connections from this address", ip, protocol="dicom")
+        reason, victim = self.slots.admit(id(request), ip, request, self.active_associations)
+        if victim is not None:
+            log.warning("dicom_connection_evicted", peer_ip=victim.ip, for_peer_ip=ip)
+            self.alert("evicted idle connection at the connection cap", victim.ip, protocol="dicom")
+        if reason is not None:
+            log.warning("dicom_connection_refused", peer_ip=ip, reason=reason)
+            self.alert(reason, ip, protocol="dicom")
             return False
         return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        key = id(request)
         try:
             if self.tls_context is not None:
                 try:
@@ -223,13 +236,7 @@ class EcgAssociationServer(ThreadedAssociationServer):
                     return
             super().process_request_thread(request, client_address)  # the association thread runs on
         finally:
-            with _PENDING_LOCK:
-                pending = self.__dict__.setdefault("_pending", {})
-                left = pending.get(client_address[0], 1) - 1
-                if left > 0:
-                    pending[client_address[0]] = left
-                else:
-                    pending.pop(client_address[0], None)
+            self.slots.settled(key)
 
 
 def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None,
@@ -250,6 +257,7 @@ def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None
     @functools.wraps(original)
     def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
         assoc = self.assoc
+        assoc._ecg_rx = time.monotonic()  # activity, for the idle eviction (dicom_slots.py)
         cap = max_pdu_bytes + 6 if assoc.is_established else ASSOCIATE_RQ_CAP
         if nr_bytes > cap and assoc.is_acceptor:
             log.warning("dicom_pdu_too_large", claimed=nr_bytes, cap=cap)
@@ -297,7 +305,7 @@ def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssoc
     server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
                             server_class=EcgAssociationServer)
     server.alert = ingestor.audit.alert
-    server.max_connections_per_ip = config.max_connections_per_ip
+    server.slots = DicomSlots(per_ip=config.max_connections_per_ip, total=config.max_associations)
     server.handshake_timeout_s = config.tls_handshake_timeout_s
     server.tls_context = tls_context(config)
     ae._servers.append(server)  # so AE.shutdown() also stops it, as start_server would

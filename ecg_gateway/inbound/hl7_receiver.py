@@ -1,6 +1,8 @@
 """The HL7 MLLP receiver: validate, decode, commit, then acknowledge.
 
 Answers (reliability.md HL7 table; formats.md 5.3): **AR** when MSH is unreadable (100/102),
+**AE 100** for a frame that holds more than one message (refused as a whole: MLLP carries one
+message per frame, and answering only the first would leave the others unanswered),
 for an unsupported message type / event / version / processing id (200/201/203/202) and
 for our own transient failures (207: the sender resends unchanged later); **AE** for
 content errors (bad numbers, wrong sample counts, no ECG, undecodable bytes; 101/102/103)
@@ -110,8 +112,11 @@ class Hl7Receiver:
             code, location, text = refusal
             return self._reject("AR", header, code, location, text, peer)
         try:
-            msg = Hl7Message(header, split_segments(decode_text(payload, header), header.encoding))
-            ecg = decode_parsed(msg)
+            segments = split_segments(decode_text(payload, header), header.encoding)
+            if sum(1 for segment in segments if segment.id == "MSH") > 1:  # one frame, one message
+                return self._reject("AE", header, 100, ErrLocation("MSH", 2), "more than one message "
+                                    "in one frame: send each in its own frame", peer)
+            ecg = decode_parsed(Hl7Message(header, segments))
         except (Hl7ContentError, Hl7EncodingError) as exc:
             return self._reject("AE", header, exc.code, exc.location, str(exc), peer)
         except InvalidEcgError as exc:
@@ -221,7 +226,8 @@ async def start_hl7_listener(receiver: Hl7Receiver, config: Hl7Config,
     server = await serve_mllp(
         receiver.handle, config.host, config.port, max_frame_bytes=config.max_frame_bytes,
         message_timeout_s=config.message_timeout_s, idle_timeout_s=config.idle_timeout_s,
-        max_connections=config.max_connections, ssl_context=ssl_context,
+        write_timeout_s=config.write_timeout_s, max_connections=config.max_connections,
+        ssl_context=ssl_context,
         too_large_handler=receiver.handle_too_large,
         max_connections_per_ip=config.max_connections_per_ip, on_refused=receiver.refused)
     port = server.sockets[0].getsockname()[1] if server.sockets else config.port

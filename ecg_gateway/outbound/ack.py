@@ -7,13 +7,17 @@ receivers disagree on AE vs AR (formats.md 5.3) and a retry is cheaper than a lo
 result, so AE retries until ``max_attempts`` and then goes to ``dead`` anyway.
 
 A few lines of splitting instead of hl7apy: an ACK is tiny and only MSA and ERR matter.
-The error text (MSA-3, ERR-8) is never kept: receivers echo patient data there.
+Of the peer's words only MSA-1 (one of the six codes) and an ERR-3 code from HL7 table 0357
+are kept (issue #29): receivers echo patient data in MSA-2, MSA-3, ERR-3 and ERR-8, so
+anything else the EHR wrote never reaches ``outbound.last_error``, the logs or the admin page.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from ecg_gateway.inbound.hl7_ack import TABLE_0357
 
 
 class Verdict(str, enum.Enum):
@@ -33,6 +37,15 @@ class AckOutcome:
 _ACCEPT = frozenset({"AA", "CA"})
 _ERROR = frozenset({"AE", "CE"})
 _REJECT = frozenset({"AR", "CR"})
+_CODES = _ACCEPT | _ERROR | _REJECT
+_TABLE_0357 = frozenset(str(code) for code in TABLE_0357)
+
+
+def answers(payload: bytes, control_id: str) -> bool:
+    """False only for an ACK that names another message in MSA-2 (a late or duplicate ACK
+    of an earlier ORU, to be skipped); anything unreadable is left to :func:`judge_ack`."""
+    echoed = _field(_segments(payload).get("MSA"), 2)
+    return not echoed or echoed == control_id
 
 
 def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
@@ -42,21 +55,23 @@ def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
     if msa is None:
         return AckOutcome(Verdict.RETRY, "", "unreadable ACK (no MSH/MSA)", reconnect=True)
     code = _field(msa, 1).upper()
+    code = code if code in _CODES else ""
     echoed = _field(msa, 2)
     err = fields.get("ERR")
     component = fields["MSH"][0][:1] or "^"  # MSH-2 starts with the component separator
-    code_357 = _field(err, 3).split(component, 1)[0][:20]
-    detail = f" (ERR-3 {code_357})" if code_357 else ""
+    code_357 = _field(err, 3).split(component, 1)[0].strip()
+    detail = (f" (ERR-3 {code_357})" if code_357 in _TABLE_0357 else
+              " (ERR-3 not a table 0357 code)" if code_357 else "")
     if echoed != control_id:  # not about our message, whatever it says
         return AckOutcome(Verdict.RETRY, code, f"{code or 'ACK'} for another message "
-                          f"(MSA-2 {echoed[:20]!r} != {control_id})", reconnect=True)
+                          f"(MSA-2 is not {control_id})", reconnect=True)
     if code in _REJECT:
         return AckOutcome(Verdict.DEAD, code, f"{code}: rejected by the EHR{detail}")
     if code in _ACCEPT:
         return AckOutcome(Verdict.DELIVERED, code, "")
     if code in _ERROR:
         return AckOutcome(Verdict.RETRY, code, f"{code}: application error at the EHR{detail}")
-    return AckOutcome(Verdict.RETRY, code, f"unknown MSA-1 {code[:8]!r}", reconnect=True)
+    return AckOutcome(Verdict.RETRY, code, "unknown MSA-1 (not AA/AE/AR/CA/CE/CR)", reconnect=True)
 
 
 def _segments(payload: bytes) -> dict[str, list[str]]:

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 import structlog
@@ -33,7 +34,7 @@ from ecg_gateway.config import Config
 from ecg_gateway.ecg import Ecg, TriageCategory
 from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES, PDFS
 from ecg_gateway.mllp import MllpClient, MllpError
-from ecg_gateway.outbound.ack import AckOutcome, Verdict, judge_ack
+from ecg_gateway.outbound.ack import AckOutcome, Verdict, answers, judge_ack
 from ecg_gateway.outbound.oru import (
     ComposeError,
     MessageView,
@@ -108,6 +109,7 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failures = 0  # consecutive transport failures (no ACK at all)
         self._timings: dict[str, float] = {}
+        self._unrecorded: list[tuple[_Work, AckOutcome]] = []  # outcomes the database refused
 
     def nudge(self) -> None:
         """Wake the loop now (thread-safe: the worker calls it after committing a row)."""
@@ -147,6 +149,7 @@ class Sender:
         ``stop`` is set. Returns the number of attempts made."""
         if self._client is None:
             return 0
+        await self._record_late()
         attempts = 0
         while stop is None or not stop.is_set():
             work = await asyncio.to_thread(self._claim_next)
@@ -177,20 +180,20 @@ class Sender:
             try:
                 payload = await self._compose(work)
             except ComposeError as exc:  # this result can never make a valid ORU
-                await asyncio.to_thread(self._finish, work, AckOutcome(
+                await self._record(work, AckOutcome(
                     Verdict.DEAD, "", f"cannot compose the ORU: {exc}"))
                 return True
             except Exception as exc:  # noqa: BLE001 - e.g. the DB hiccupped storing the payload
-                await asyncio.to_thread(self._finish, work, AckOutcome(
+                await self._record(work, AckOutcome(
                     Verdict.RETRY, "", f"composing failed: {type(exc).__name__}"))
                 return True
         sent = time.perf_counter()
         self._timings["prepare_ms"] = round((sent - started) * 1000, 2)
         try:
-            ack = await self._client.send(payload)
+            ack = await self._client.send(payload, partial(answers, control_id=work.control_id))
         except (MllpError, OSError) as exc:
             self._failures += 1
-            await asyncio.to_thread(self._finish, work, AckOutcome(
+            await self._record(work, AckOutcome(
                 Verdict.RETRY, "", f"{type(exc).__name__}: {exc}"))
             return False
         self._failures = 0
@@ -198,8 +201,27 @@ class Sender:
         outcome = judge_ack(ack, work.control_id)
         if outcome.reconnect:
             await self._client.close()  # the stream is out of step: start clean
-        await asyncio.to_thread(self._finish, work, outcome, self._timings)
+        await self._record(work, outcome, self._timings)
         return True
+
+    async def _record(self, work: _Work, outcome: AckOutcome, timings: dict[str, float] | None = None) -> None:
+        """Record an attempt's outcome. If the database refuses (e.g. a full disk), keep it and
+        record it before the next claim: the row must not sit in ``sending`` until its lease
+        ends, and an ORU the EHR accepted must not be sent again (issue #29)."""
+        try:
+            await asyncio.to_thread(self._finish, work, outcome, timings)
+        except Exception:
+            self._unrecorded.append((work, outcome))
+            raise
+
+    async def _record_late(self) -> None:
+        """Record the outcomes the database refused earlier, oldest first (raises while it
+        still refuses: the loop backs off)."""
+        while self._unrecorded:
+            work, outcome = self._unrecorded[0]
+            await asyncio.to_thread(self._finish, work, outcome)
+            self._unrecorded.pop(0)
+            log.info("outbound_outcome_recorded_late", outbound_id=work.id, verdict=outcome.verdict.value)
 
     async def _compose(self, work: _Work) -> bytes:
         assert work.result is not None and work.message is not None

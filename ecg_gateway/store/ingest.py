@@ -14,7 +14,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -56,6 +56,7 @@ class InboundMessage:
     ecg_uid: str | None
     identifiers: dict[str, Any]  # PHI: stored, never logged
     priority: int = 100
+    notes: dict[str, str] = field(default_factory=dict)  # conformance remarks for the received event
 
 
 class Ingestor:
@@ -75,6 +76,22 @@ class Ingestor:
         self._write_lock: contextlib.AbstractContextManager[object] = (
             threading.Lock() if serialize else contextlib.nullcontext())
         self.audit = Auditor(sessions, lock=self._write_lock)
+        self._commit_error: str | None = None  # why the last commit failed; None after a success
+
+    def storage_check(self) -> dict[str, Any]:
+        """Readiness of the store: not ok while the last commit failed (e.g. a full disk), so a
+        balancer stops sending. While failed, one probe commit (a ``storage_recovered`` event)
+        asks whether writes work again: a quiet gateway must not stay unready for ever."""
+        if self._commit_error is None:
+            return {"ok": True}
+        try:
+            with self._write_lock, self._sessions.begin() as session:
+                record_event(session, "storage_recovered", detail={"after": self._commit_error})
+        except SQLAlchemyError:
+            return {"ok": False, "error": f"last commit failed: {self._commit_error}"}
+        log.info("storage_recovered", after=self._commit_error)
+        self._commit_error = None
+        return {"ok": True}
 
     def reject(self, source: str, peer: str | None, **detail: Any) -> None:
         """Audit a refused input (status/ACK code and reason; nothing of the message is kept)."""
@@ -92,7 +109,9 @@ class Ingestor:
                 result = self._duplicate(msg, digest)
         except SQLAlchemyError as exc:
             log.error("store_failed", source=msg.source, error=type(exc).__name__)
+            self._commit_error = type(exc).__name__
             raise StoreUnavailableError("database could not commit") from exc
+        self._commit_error = None
         ECGS_RECEIVED.labels(source=msg.source, outcome=result.outcome.value).inc()
         if result.outcome is IngestOutcome.STORED:
             self._on_commit()
@@ -116,7 +135,7 @@ class Ingestor:
             session.add(job)
             session.flush()
             record_event(session, "received", message_id=row.id, job_id=job.id, peer=msg.peer,
-                         detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest})
+                         detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest, **msg.notes})
             return IngestResult(IngestOutcome.STORED, row.id)
 
     def _duplicate(self, msg: InboundMessage, digest: str) -> IngestResult:
@@ -130,4 +149,5 @@ class Ingestor:
                              detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest})
                 return IngestResult(outcome, existing.id)
         except SQLAlchemyError as exc:
+            self._commit_error = type(exc).__name__
             raise StoreUnavailableError("database could not commit") from exc

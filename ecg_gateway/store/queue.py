@@ -116,6 +116,29 @@ def retry_later(session: Session, table: type, row_id: int, error: str, delay_s:
     return state
 
 
+def release(session: Session, table: type, claims: list[Claimed], error: str) -> dict[int, str]:
+    """Give back rows whose batch failed (issue #29 D4): due at once, not after the lease.
+
+    The live claimer knows its batch failed (e.g. the database connection dropped at commit),
+    so its rows need not wait out the lease; the attempt counts, so a row whose attempts are
+    used up goes to ``dead`` as an expired lease would. Only rows still held on the claimed
+    attempt are touched. Returns the new state of each released row.
+    """
+    waiting, leased, _, dead = STATES[table]
+    now, states = db_now(_dialect(session)), {}
+    for c in claims:
+        state = dead if c.attempts >= c.max_attempts else waiting
+        result = session.execute(
+            update(table)
+            .where(table.id == c.id, table.state == leased, table.attempts == c.attempts)
+            .values(state=state, lease_until=None, last_error=error[:2000], run_after=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            states[c.id] = state
+    return states
+
+
 def dead_letter(session: Session, table: type, row_id: int, error: str) -> None:
     _, _, _, dead = STATES[table]
     session.execute(
