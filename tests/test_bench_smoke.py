@@ -63,7 +63,7 @@ def test_results_file_has_machine_facts_goals_and_every_section(smoke_run: tuple
     assert "16,235" in text  # the training run's H100 figures, quoted not re-run
     e2e = next(s for s in summary["steps"] if s["name"] == "e2e")["report"]
     assert any(f["id"] == "e2e.pdf.sustainable" for f in e2e["figures"])
-    assert "sender_wait" in "".join(e2e["tables"].values())
+    assert "sender wait" in "".join(e2e["tables"].values())  # the per-stage breakdown
 
 
 def test_readme_table_is_generated_between_the_markers(smoke_run: tuple[dict[str, Any], Path],

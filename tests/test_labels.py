@@ -186,7 +186,7 @@ def test_label_sources_counts_the_statements_that_set_each_label() -> None:
               for i in ids]
     codes = [CATEGORY_ORDER.index(x) if x is not None else -1 for x in labels]
     arrays = PtbxlArrays(np.zeros((len(ids), 8, 1000), np.int16), ids, np.full(len(ids), 9),
-                         np.array(codes, np.int8), np.full(len(ids), 75.0, np.float32), "h", "v")
+                         np.array(codes, np.int8), np.full(len(ids), 75.0, np.float32), "h", MAPPING_VERSION)
     sources = label_sources(table, arrays)
     for k, name in enumerate(c.value for c in CATEGORY_ORDER):
         assert sum(sources[name].values()) >= codes.count(k)
