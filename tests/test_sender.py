@@ -389,6 +389,8 @@ async def test_acute_goes_first_then_by_age(sessions: Sessions) -> None:
 
 async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Sessions) -> None:
     row = add_outbound(sessions)
+    with sessions.begin() as s:  # the sender never decodes the raw message (issue #31)
+        s.execute(Message.__table__.update().values(raw=b"not an ECG"))
     ehr = await FakeEhr().start()
     sender = Sender(sessions, config(ehr.port, attach_pdf=True), acute_render_budget_s=30.0)
     try:
