@@ -2,7 +2,8 @@
 
 Server-rendered HTML (string templates, every value through ``html.escape``; no scripts:
 the Content-Security-Policy forbids them). No PHI: internal ids, states, categories, codes
-and times only. ``POST /retry`` requeues one dead job or ORU; it needs ``http.admin_token``
+and times only. ``POST /retry`` requeues one dead job or ORU (``store.queue``, the CLI's path
+and state check); it needs ``http.admin_token``
 (form field ``token`` or ``Authorization: Bearer``), compared in constant time. With no
 token configured the buttons are disabled and every POST is refused. The token is the
 only credential: serve the ops port on localhost or behind a TLS proxy.
