@@ -38,7 +38,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 
 from ecg_gateway.config import Config
-from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg
+from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg, pack_tracing
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.outbound.oru import MessageView, ResultView, compose_oru
 from ecg_gateway.outbound.page import PageText, page_text
@@ -157,11 +157,14 @@ async def _acute_latency(attach_pdf: bool, n: int, pdfs: list[bool]) -> list[flo
         sessions = make_session_factory(engine)
         cfg = Config(outbound={"host": "127.0.0.1", "port": port, "attach_pdf": attach_pdf},
                      worker={"poll_interval_s": 60.0})
-        sender = Sender(sessions, cfg, decode)
+        sender = Sender(sessions, cfg)
         stop = asyncio.Event()
         task = asyncio.create_task(sender.run(stop))
         await asyncio.sleep(1.5 if attach_pdf else 0.2)  # warm-up render happens at start
         raw = Path(DICOM).read_bytes()
+        ecg = decode("application/dicom", raw)  # the worker's decode, kept on the result
+        decoded = {"tracing": pack_tracing(ecg),
+                   "acquired_at": ecg.acquired_at.isoformat() if ecg.acquired_at else None}
         latencies = []
         for i in range(n):
             control = f"ECGGW{i + 1:010d}"
@@ -179,7 +182,8 @@ async def _acute_latency(attach_pdf: bool, n: int, pdfs: list[bool]) -> list[flo
                     s.flush()
                     res = Result(message_id=msg.id, job_id=job.id, category="acute",
                                  p_normal=0.01, p_abnormal_not_acute=0.02, p_subacute=0.04,
-                                 p_acute=0.93, quality={}, model_id="m", model_sha256="ab" * 32)
+                                 p_acute=0.93, quality={}, model_id="m", model_sha256="ab" * 32,
+                                 **decoded)
                     s.add(res)
                     s.flush()
                     s.add(Outbound(result_id=res.id, control_id=control, priority=0,

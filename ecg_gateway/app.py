@@ -203,10 +203,9 @@ class Gateway:
         if not self.config.outbound.host:
             log.warning("delivery_disabled", reason="no outbound.host configured: results are kept, nothing is delivered")
             return
-        from ecg_gateway.inbound.decode import decode_message
         from ecg_gateway.outbound.sender import Sender
 
-        self.sender = Sender(self.sessions, self.config, decode_message)
+        self.sender = Sender(self.sessions, self.config)
         self._tasks.append(asyncio.create_task(self.sender.run(self._stopping), name="oru-sender"))
 
     def _start_ops(self) -> None:

@@ -96,7 +96,7 @@ DICOM_AUDIT: dict[str, AuditMessage] = {
     "send_failed": AuditMessage(EXPORT, "R", MINOR_FAILURE),
     "dead": AuditMessage(EXPORT, "R", SERIOUS_FAILURE),
     "security_alert": AuditMessage(SECURITY_ALERT, "E", MINOR_FAILURE, NODE_AUTHENTICATION),
-    "outbound_retry": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
+    "outbound_retry": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),  # before #31
     "admin_jobs_requeue": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
     "admin_outbound_requeue": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
     "admin_replay": AuditMessage(SECURITY_ALERT, "E", SUCCESS, RESTRICTED_FUNCTION),
@@ -104,6 +104,14 @@ DICOM_AUDIT: dict[str, AuditMessage] = {
     "admin_denied": AuditMessage(USER_AUTHENTICATION, "E", MINOR_FAILURE, LOGIN),
     "audit_log_used": AuditMessage(AUDIT_LOG_USED, "R", SUCCESS),
 }
+
+
+def record_event(session: Session, kind: str, **fields: Any) -> None:
+    """Append to the event log in the caller's transaction (no PHI: ids, UIDs, codes only).
+
+    Queue transitions record theirs in ``store/queue.py``; this is for the rest (receipt,
+    model load, admin actions that change no queue row)."""
+    session.add(Event(kind=kind, detail=fields.pop("detail", {}), **fields))
 
 
 def local_actor() -> str:

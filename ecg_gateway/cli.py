@@ -250,7 +250,9 @@ def _print_triage_line(obj: dict[str, Any]) -> None:
 
 
 def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
-    from ecg_gateway.outbound.admin import list_outbound, retry_outbound
+    from ecg_gateway.errors import AdminError
+    from ecg_gateway.outbound.admin import list_outbound
+    from ecg_gateway.store.queue import retry_outbound
 
     sessions = _sessions(config)
     if args.action == "list":
@@ -272,6 +274,9 @@ def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
         raise CliError("outbound retry needs IDs or --dead", EX_USAGE)
     from ecg_gateway.audit import local_actor
 
-    changed = retry_outbound(sessions, args.ids or None, dead=args.dead, actor=f"cli:{local_actor()}")
+    try:
+        changed = retry_outbound(sessions, args.ids or None, dead=args.dead, actor=f"cli:{local_actor()}")
+    except AdminError as exc:
+        raise CliError(str(exc), EX_DATAERR) from exc
     print(json.dumps({"requeued": changed}) if args.json else f"requeued {changed} row(s)")
     return EX_OK

@@ -95,7 +95,8 @@ def _print(args: argparse.Namespace, obj: Any, text: str) -> None:
 
 @_db_errors
 def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
-    from ecg_gateway.store.admin import AdminError, list_jobs, requeue_jobs
+    from ecg_gateway.store.admin import AdminError, list_jobs
+    from ecg_gateway.store.queue import requeue_jobs
 
     if args.action == "requeue" and not args.ids and not args.dead:
         raise CliError("jobs requeue needs IDs or --dead", EX_USAGE)

@@ -33,9 +33,8 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ecg_gateway.audit import DICOM_AUDIT, export, local_actor, parse_time, query_events
+    from ecg_gateway.audit import DICOM_AUDIT, export, local_actor, parse_time, query_events, record_event
     from ecg_gateway.cli import CliError, _sessions
-    from ecg_gateway.store.queue import record_event
 
     if args.codes:
         for kind, mapping in sorted(DICOM_AUDIT.items()):

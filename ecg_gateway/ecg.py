@@ -7,6 +7,8 @@ build an :class:`Ecg`; the quality gate, the model, the renderer and training re
 from __future__ import annotations
 
 import enum
+import json
+import zlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -112,3 +114,21 @@ class Ecg:
             raise InvalidEcgError(f"missing leads: {', '.join(missing)}", field="leads")
         signal = np.stack([have[name] for name in STANDARD_LEADS]).astype(np.float32)
         return replace(self, signal=signal, leads=STANDARD_LEADS)
+
+
+def pack_tracing(ecg: Ecg) -> bytes:
+    """The waveform alone (no demographics, no UID), losslessly: what the worker stores on a
+    result so the sender draws the PDF without decoding the raw message again."""
+    head = json.dumps({"fs": ecg.fs, "leads": list(ecg.leads), "source": ecg.source}).encode()
+    body = zlib.compress(np.ascontiguousarray(ecg.signal, dtype="<f4").tobytes(), 1)
+    return len(head).to_bytes(4, "big") + head + body
+
+
+def unpack_tracing(data: bytes) -> Ecg:
+    """Inverse of :func:`pack_tracing`."""
+    size = int.from_bytes(data[:4], "big")
+    head = json.loads(data[4:4 + size])
+    signal = np.frombuffer(zlib.decompress(data[4 + size:]), dtype="<f4").astype(np.float32)
+    leads = tuple(head["leads"])
+    return Ecg(signal=signal.reshape(len(leads), -1), fs=float(head["fs"]), leads=leads,
+               source=head["source"])

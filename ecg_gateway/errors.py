@@ -36,3 +36,7 @@ class StoreUnavailableError(GatewayError):
 
 class CheckpointError(GatewayError):
     """The model checkpoint is missing, corrupt or has a contract we cannot meet."""
+
+
+class AdminError(GatewayError):
+    """An operator asked for something the queue's state does not allow; nothing changed."""

@@ -23,11 +23,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.metrics import REGISTRY
-from ecg_gateway.store.models import Job, Outbound
+from ecg_gateway.store.queue import depths
 
 HealthCheck = Callable[[], dict[str, dict[str, Any]]]
 #: Host names the admin routes always answer to (besides ``http.host`` and ``http.allowed_hosts``).
@@ -46,10 +45,9 @@ class QueueCollector(Collector):
                                    labels=["table"])
         try:
             with self._sessions() as session:
-                for name, table, waiting in (("jobs", Job, "queued"), ("outbound", Outbound, "pending")):
-                    for state, count in session.execute(select(table.state, func.count()).group_by(table.state)):
+                for name, counts, first in depths(session):
+                    for state, count in counts.items():
                         depth.add_metric([name, state], count)
-                    first = session.scalar(select(func.min(table.created_at)).where(table.state == waiting))
                     oldest.add_metric([name], _age_seconds(session, first))
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
             return []

@@ -2,7 +2,8 @@
 
 Server-rendered HTML (string templates, every value through ``html.escape``; no scripts:
 the Content-Security-Policy forbids them). No PHI: internal ids, states, categories, codes
-and times only. ``POST /retry`` requeues one dead job or ORU; it needs ``http.admin_token``
+and times only. ``POST /retry`` requeues one dead job or ORU (``store.queue``, the CLI's path
+and state check); it needs ``http.admin_token``
 (form field ``token`` or ``Authorization: Bearer``), compared in constant time. With no
 token configured the buttons are disabled and every POST is refused. The token is the
 only credential: serve the ops port on localhost or behind a TLS proxy.
@@ -22,9 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway import __version__
-from ecg_gateway.store.admin import AdminError, requeue_jobs, requeue_outbound
+from ecg_gateway.audit import record_event
+from ecg_gateway.errors import AdminError
 from ecg_gateway.store.overview import dead_letters, pdf_counts, recent_ecgs
-from ecg_gateway.store.queue import record_event
+from ecg_gateway.store.queue import requeue_jobs, retry_outbound
 from ecg_gateway.store.stats import status_counts
 
 log = structlog.get_logger(__name__)
@@ -133,9 +135,11 @@ class AdminPage:
         if table not in ("job", "outbound") or not raw_id.isdigit():
             return _respond(start_response, 400, _page("Bad request", "<p>Unknown target.</p>"))
         target = f"{table} {int(raw_id)}"
-        action = requeue_jobs if table == "job" else requeue_outbound
         try:
-            action(self._sessions, [int(raw_id)], actor="web", peer=peer)
+            if table == "job":
+                requeue_jobs(self._sessions, [int(raw_id)], actor="web", peer=peer)
+            else:
+                retry_outbound(self._sessions, [int(raw_id)], actor="web", peer=peer)
             notice = "requeued"
         except AdminError:
             notice = "unchanged"

@@ -28,14 +28,16 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ecg_gateway.audit import record_event
 from ecg_gateway.config import Config
-from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory
+from ecg_gateway.ecg import UNINTERPRETABLE, Ecg, TriageCategory, pack_tracing
 from ecg_gateway.errors import CheckpointError, GatewayError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_INFO, TRIAGED
 from ecg_gateway.outbound.oru import new_control_id
-from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
-from ecg_gateway.store.queue import Claimed, claim, complete, record_event, release, retry_later
+from ecg_gateway.store import queue
+from ecg_gateway.store.models import Message, Outbound, Result
+from ecg_gateway.store.queue import Claimed
 from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
 from ecg_gateway.triage.service import Triager, TriageOutcome
 
@@ -225,19 +227,14 @@ class Worker:
         return len(items)
 
     def _release(self) -> bool:
-        """Give the jobs of a failed batch back at once (queue.release), not after their lease;
+        """Give the jobs of a failed batch back at once (queue.release_jobs), not after their lease;
         False if the database still fails (they are tried again before the next claim)."""
         if not self._unreleased:
             return True
         error = self._release_reason
         try:
             with self._sessions.begin() as session:
-                states = release(session, Job, self._unreleased, error)
-                for job in self._unreleased:
-                    if job.id in states:
-                        record_event(session, "triage_failed", message_id=job.ref_id, job_id=job.id,
-                                     detail={"error": error, "state": states[job.id],
-                                             "attempt": job.attempts})
+                states = queue.release_jobs(session, self._unreleased, error)
         except SQLAlchemyError as exc:
             log.warning("worker_release_failed", jobs=len(self._unreleased), error=type(exc).__name__)
             return False
@@ -250,8 +247,7 @@ class Worker:
 
     def _claim(self) -> list[_Item]:
         with self._sessions.begin() as session:
-            jobs = claim(session, Job, self._batch_size, self._config.worker.lease_s, kind="triage",
-                         isolate_expired=True)
+            jobs = queue.claim_jobs(session, self._batch_size, self._config.worker.lease_s)
             if not jobs:
                 return []
             rows = session.execute(
@@ -302,23 +298,20 @@ class Worker:
         done = failed = lost = 0
         with self._sessions.begin() as session:
             for item in items:
-                if not self._still_ours(session, item.job):
+                if not queue.job_held(session, item.job):
                     lost += 1
                     log.warning("lease_lost", job_id=item.job.id)
                     continue
                 if item.outcome is None:
                     failed += 1
-                    state = retry_later(session, Job, item.job.id, item.error or "no outcome",
-                                        self._retry_delay_s * item.job.attempts)
-                    record_event(session, "triage_failed", message_id=item.job.ref_id, job_id=item.job.id,
-                                 detail={"error": item.error, "state": state, "attempt": item.job.attempts})
+                    state = queue.fail_job(session, item.job, item.error,
+                                           self._retry_delay_s * item.job.attempts)
                     log.warning("triage_failed", job_id=item.job.id, ecg_uid=item.ecg_uid,
                                 error=item.error, state=state)
                     continue
-                if not complete(session, Job, item.job.id):
+                if not self._write_result(session, item, latency_ms):
                     lost += 1
                     continue
-                self._write_result(session, item, latency_ms)
                 item.committed = True
                 done += 1
         self.processed += done
@@ -332,16 +325,10 @@ class Worker:
         log.info("batch_committed", done=done, failed=failed, lease_lost=lost,
                  latency_ms=round(latency_ms, 1), infer_ms=round(infer_ms, 1))
 
-    @staticmethod
-    def _still_ours(session: Session, job: Claimed) -> bool:
-        """Our lease stands iff the row is still running on the attempt we claimed."""
-        row = session.execute(
-            select(Job.state, Job.attempts).where(Job.id == job.id).with_for_update()
-        ).one_or_none()
-        return row is not None and row.state == JobState.RUNNING.value and row.attempts == job.attempts
-
-    def _write_result(self, session: Session, item: _Item, latency_ms: float) -> None:
-        outcome = item.outcome
+    def _write_result(self, session: Session, item: _Item, latency_ms: float) -> bool:
+        """The result, its ORU row if the EHR wants this category, and the job's completion
+        (queue.finish_job); False if the lease was lost."""
+        outcome, ecg = item.outcome, item.ecg
         assert outcome is not None
         probs = outcome.probabilities or {}
         result = Result(
@@ -354,28 +341,27 @@ class Worker:
             statements=[st.to_json() for st in outcome.statements],
             measurements=outcome.measurements.to_json(),
             decision=outcome.decision.to_json() if outcome.decision is not None else None,
+            acquired_at=ecg.acquired_at.isoformat() if ecg is not None and ecg.acquired_at else None,
         )
-        session.add(result)
-        session.flush()
-        outbound_id = None
         out_cfg = self._config.outbound
+        oru = None
         if outcome.category in out_cfg.categories:
-            row = Outbound(
-                result_id=result.id, control_id=new_control_id(),
+            if out_cfg.attach_pdf and ecg is not None:  # the sender draws the PDF from it
+                result.tracing = pack_tracing(ecg)
+            oru = Outbound(
+                control_id=new_control_id(),
                 priority=OUTBOUND_PRIORITY.get(outcome.category, DEFAULT_OUTBOUND_PRIORITY),
                 max_attempts=out_cfg.max_attempts,
                 destination=f"{out_cfg.host}:{out_cfg.port}" if out_cfg.host else None,
             )
-            session.add(row)
-            session.flush()
-            outbound_id = row.id
-        record_event(session, "triaged", message_id=item.job.ref_id, job_id=item.job.id,
-                     outbound_id=outbound_id,
-                     detail={"result_id": result.id, "category": outcome.category,
-                             "quality_ok": outcome.quality.ok, "model_id": outcome.model_id,
-                             "placeholder": outcome.placeholder})
+        detail = {"category": outcome.category, "quality_ok": outcome.quality.ok,
+                  "model_id": outcome.model_id, "placeholder": outcome.placeholder}
+        if not queue.finish_job(session, item.job, result, oru, detail):
+            return False
+        outbound_id = oru.id if oru is not None else None
         log.info("ecg_triaged", job_id=item.job.id, message_id=item.job.ref_id, ecg_uid=item.ecg_uid,
                  result_id=result.id, category=outcome.category, outbound_id=outbound_id)
+        return True
 
     @staticmethod
     def _all_model_failures(items: list[_Item]) -> bool:

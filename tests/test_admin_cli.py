@@ -80,6 +80,11 @@ def test_outbound_list_and_retry(admin_db) -> None:  # type: ignore[no-untyped-d
     assert json.loads(_ok("outbound", "retry", "--dead", "--json", *c)) == {"requeued": 1}
     with sessions() as s:
         assert s.get_one(Outbound, dead["outbound"]).state == "pending"
+    delivered = add_ecg(sessions)["outbound"]  # the state check the page has too (issue #31)
+    _fails(65, "outbound", "retry", str(delivered), str(dead["outbound"]), *c,
+           match=f"outbound row {delivered} is delivered, not dead or pending")
+    with sessions() as s:
+        assert s.get_one(Outbound, delivered).state == "delivered"
 
 
 def test_replay_and_purge(admin_db) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from ecg_gateway.store.admin import REPLAY_PRIORITY, AdminError, purge, replay, requeue_jobs, requeue_outbound
+from ecg_gateway.store.admin import REPLAY_PRIORITY, AdminError, purge, replay
+from ecg_gateway.store.queue import requeue_jobs, retry_outbound
 from ecg_gateway.store.models import Event, Job, Message, Outbound, Result
 from ecg_gateway.store.overview import dead_letters, destinations, last_delivery_errors, recent_ecgs
 from tests.admin_rows import CANARY, add_ecg
@@ -92,9 +93,9 @@ def test_requeue_jobs_and_outbound_only_from_dead(sessions) -> None:  # type: ig
     with sessions() as s:
         rows = [s.get_one(Job, i) for i in (dead["job"], dead2["job"])]
         assert [(r.state, r.attempts) for r in rows] == [("queued", 0), ("queued", 0)]
-    with pytest.raises(AdminError, match="is delivered, not dead"):
-        requeue_outbound(sessions, [add_ecg(sessions)["outbound"]], actor="web", peer="127.0.0.1")
-    assert requeue_outbound(sessions, [done["outbound"]], actor="web", peer="127.0.0.1") == 1
+    with pytest.raises(AdminError, match="is delivered, not dead or pending"):
+        retry_outbound(sessions, [add_ecg(sessions)["outbound"]], actor="web", peer="127.0.0.1")
+    assert retry_outbound(sessions, [done["outbound"]], actor="web", peer="127.0.0.1") == 1
     kinds = [(e.kind, e.actor) for e in _events(sessions, "admin_outbound_requeue")]
     assert kinds == [("admin_outbound_requeue", "web")]
     assert len(_events(sessions, "admin_jobs_requeue")) == 2

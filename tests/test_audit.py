@@ -10,14 +10,13 @@ import pytest
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from ecg_gateway.audit import DICOM_AUDIT, Auditor, export, parse_time, query_events
+from ecg_gateway.audit import DICOM_AUDIT, Auditor, export, parse_time, query_events, record_event
 from ecg_gateway.config import Hl7Config
 from ecg_gateway.inbound.hl7_receiver import Hl7Receiver, start_hl7_listener
 from ecg_gateway.mllp import MllpClient
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
 from ecg_gateway.store.ingest import Ingestor
 from ecg_gateway.store.models import Event
-from ecg_gateway.store.queue import record_event
 from tests.gateway_proc import run_cli, write_config
 
 
@@ -99,7 +98,7 @@ def test_query_filters_by_time_kind_and_limit(sessions) -> None:  # type: ignore
 def test_every_kind_the_gateway_writes_has_a_ps315_reading() -> None:
     written = {"app_start", "app_stop", "config_loaded", "model_loaded", "received", "received_duplicate",
                "received_conflict", "rejected", "triaged", "triage_failed", "delivered", "send_failed", "dead",
-               "security_alert", "outbound_retry", "audit_log_used", "admin_jobs_requeue",
+               "security_alert", "audit_log_used", "admin_jobs_requeue",
                "admin_outbound_requeue", "admin_replay", "admin_purge", "admin_denied"}
     assert written <= set(DICOM_AUDIT)
     assert {m.event_id.value for m in DICOM_AUDIT.values()} == {

@@ -23,11 +23,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.config import Config
-from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg
+from ecg_gateway.ecg import STANDARD_LEADS, Demographics, Ecg, pack_tracing
 from ecg_gateway.mllp import MllpDecoder, frame
-from ecg_gateway.outbound.admin import list_outbound, retry_outbound
+from ecg_gateway.outbound.admin import list_outbound
 from ecg_gateway.outbound.sender import Sender, backoff_s
 from ecg_gateway.store.models import Event, Job, Message, Outbound, Result
+from ecg_gateway.store.queue import retry_outbound
 
 DICOM_PATH = get_testdata_file("waveform_ecg.dcm")
 PATIENT = {"patient_id": "ZZCANARY-ID", "patient_name": "ZZCANARY^JANE", "birth_date": "19710123",
@@ -37,7 +38,7 @@ Sessions = sessionmaker[Session]
 
 
 def decode_dicom(content_type: str, raw: bytes) -> Ecg:
-    """A small real decoder for the tests (the gateway's dispatcher replaces it in serve)."""
+    """A small real decoder for the tests (the worker's decode in serve is the dispatcher)."""
     assert content_type == "application/dicom"
     ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(raw))
     return Ecg(signal=ds.waveform_array(0).T / 1000.0,
@@ -55,9 +56,12 @@ def config(port: int | None, **outbound: object) -> Config:
 
 
 def add_outbound(sessions: Sessions, category: str = "acute", priority: int = 0,
-                 max_attempts: int = 4, identifiers: dict[str, str] | None = None) -> int:
-    """The rows the triage worker writes: message, job, result and outbound."""
+                 max_attempts: int = 4, identifiers: dict[str, str] | None = None,
+                 decoded: bool = True) -> int:
+    """The rows the triage worker writes: message, job, result (with what the worker decoded,
+    unless not ``decoded``) and outbound."""
     raw = open(DICOM_PATH, "rb").read()  # noqa: SIM115 - small file
+    ecg = decode_dicom("application/dicom", raw) if decoded else None
     with sessions.begin() as s:
         n = s.scalar(select(Message.id).order_by(Message.id.desc()).limit(1)) or 0
         msg = Message(source="dicom", idempotency_key=f"1.2.3.{n + 1}", content_type="application/dicom",
@@ -72,7 +76,9 @@ def add_outbound(sessions: Sessions, category: str = "acute", priority: int = 0,
         p = probs.get(category, (None, None, None, None))
         res = Result(message_id=msg.id, job_id=job.id, category=category, p_normal=p[0],
                      p_abnormal_not_acute=p[1], p_subacute=p[2], p_acute=p[3],
-                     quality={}, model_id="ecg-resnet@test", model_sha256="ab" * 32)
+                     quality={}, model_id="ecg-resnet@test", model_sha256="ab" * 32,
+                     acquired_at=ecg.acquired_at.isoformat() if ecg and ecg.acquired_at else None,
+                     tracing=pack_tracing(ecg) if ecg else None)
         s.add(res)
         s.flush()
         row = Outbound(result_id=res.id, control_id=f"ECGGW{res.id:010d}", priority=priority,
@@ -214,7 +220,7 @@ async def deliver(sessions: Sessions, script: list[str], row: int | None = None,
     row = add_outbound(sessions) if row is None else row
     ehr = await FakeEhr(script).start()
     try:
-        await run_until(Sender(sessions, config(ehr.port, **cfg), decode_dicom), settled(sessions))
+        await run_until(Sender(sessions, config(ehr.port, **cfg)), settled(sessions))
     finally:
         await ehr.stop()
     return ehr, row
@@ -257,7 +263,7 @@ async def test_t4_late_and_duplicate_acks_are_skipped_not_taken_for_the_next_oru
     copy waits in the socket until the next ORU is sent; it must be skipped (MSA-2 names the
     previous ORU), not taken as the answer, which used to resend ORUs the EHR had accepted."""
     ehr = await FakeEhr([step] * 4).start()
-    sender = Sender(sessions, config(ehr.port), decode_dicom)
+    sender = Sender(sessions, config(ehr.port))
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     rows = []
@@ -293,7 +299,7 @@ async def test_t14_only_codes_are_kept_from_the_ehr(sessions: Sessions, echo: st
 
     row = add_outbound(sessions, max_attempts=2 if state == "dead" else 9)
     ehr = await FakeEhr([f"echo:{echo}"]).start()
-    sender = Sender(sessions, config(ehr.port, backoff_initial_s=60, backoff_max_s=60), decode_dicom)
+    sender = Sender(sessions, config(ehr.port, backoff_initial_s=60, backoff_max_s=60))
     try:
         with structlog.testing.capture_logs() as logs:
             await sender.run_once()
@@ -337,7 +343,7 @@ async def test_t4_ehr_down_then_up_delivers_the_stored_message(sessions: Session
     with socket.socket() as probe:  # a port with nobody listening: connection refused
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    sender = Sender(sessions, config(port), decode_dicom)
+    sender = Sender(sessions, config(port))
     ehr = FakeEhr()
 
     async def after_failures_then_delivered() -> bool:
@@ -362,7 +368,7 @@ async def test_t4_ehr_down_for_good_ends_dead(sessions: Sessions) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    await run_until(Sender(sessions, config(port), decode_dicom), settled(sessions))
+    await run_until(Sender(sessions, config(port)), settled(sessions))
     state, n, last_error = states(sessions)[row]
     assert (state, n) == ("dead", 3) and "cannot connect" in (last_error or "")
 
@@ -383,9 +389,10 @@ async def test_acute_goes_first_then_by_age(sessions: Sessions) -> None:
 
 async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Sessions) -> None:
     row = add_outbound(sessions)
+    with sessions.begin() as s:  # the sender never decodes the raw message (issue #31)
+        s.execute(Message.__table__.update().values(raw=b"not an ECG"))
     ehr = await FakeEhr().start()
-    sender = Sender(sessions, config(ehr.port, attach_pdf=True), decode_dicom,
-                    acute_render_budget_s=30.0)
+    sender = Sender(sessions, config(ehr.port, attach_pdf=True), acute_render_budget_s=30.0)
     try:
         await run_until(sender, settled(sessions), timeout=30.0)
     finally:
@@ -395,7 +402,7 @@ async def test_pdf_is_attached_and_stored_payload_is_what_was_sent(sessions: Ses
     segments = oru.decode().rstrip("\r").split("\r")
     assert segments[-1].startswith("OBX|7|ED|11524-6^EKG study^LN||^Application^PDF^Base64^JVBER")
     obr = next(s for s in segments if s.startswith("OBR|")).split("|")
-    assert obr[7] == "20130125105919"  # acquisition time from the decoded DICOM
+    assert obr[7] == "20130125105919"  # acquisition time the worker kept from the decoded DICOM
     assert "ZZCANARY^JANE" in segments[1]  # PID copied from the inbound identifiers
     assert_identical_resends(ehr, sessions, row)
     parsed = parse_message(oru.decode(), validation_level=VALIDATION_LEVEL.TOLERANT)
@@ -406,8 +413,7 @@ async def test_late_pdf_follows_in_a_correction_oru(sessions: Sessions) -> None:
     """Issue #27: a render past the acute budget never delays the ORU, and is never lost."""
     row = add_outbound(sessions)
     ehr = await FakeEhr(["AE"]).start()  # the first ORU is refused once: the correction waits
-    sender = Sender(sessions, config(ehr.port, attach_pdf=True, acute_pdf_budget_s=0.001),
-                    decode_dicom)
+    sender = Sender(sessions, config(ehr.port, attach_pdf=True, acute_pdf_budget_s=0.001))
     try:
         await run_until(sender, settled(sessions), timeout=30.0)
     finally:
@@ -428,15 +434,12 @@ async def test_late_pdf_follows_in_a_correction_oru(sessions: Sessions) -> None:
     assert listed[row]["last_error"] is None  # delivered: the AE is history, not the state
 
 
-async def test_undecodable_ecg_still_sends_the_result(sessions: Sessions) -> None:
-    def broken(content_type: str, raw: bytes) -> Ecg:
-        raise ValueError("decoder bug")
-
-    row = add_outbound(sessions)
+async def test_result_without_a_tracing_still_sends(sessions: Sessions) -> None:
+    """The worker kept no waveform (none decoded, or no PDF wanted then): no PDF, no decode."""
+    row = add_outbound(sessions, decoded=False)
     ehr = await FakeEhr().start()
     try:
-        await run_until(Sender(sessions, config(ehr.port, attach_pdf=True), broken),
-                        settled(sessions))
+        await run_until(Sender(sessions, config(ehr.port, attach_pdf=True)), settled(sessions))
     finally:
         await ehr.stop()
     assert states(sessions)[row][0] == "delivered"
@@ -465,7 +468,7 @@ async def test_nudge_wakes_the_idle_sender(sessions: Sessions) -> None:
     ehr = await FakeEhr().start()
     cfg = config(ehr.port).model_copy(update={"worker": Config().worker.model_copy(
         update={"poll_interval_s": 60.0})})
-    sender = Sender(sessions, cfg, decode_dicom)
+    sender = Sender(sessions, cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     try:
@@ -483,7 +486,7 @@ async def test_nudge_wakes_the_idle_sender(sessions: Sessions) -> None:
 
 async def test_no_destination_keeps_results_and_sends_nothing(sessions: Sessions) -> None:
     row = add_outbound(sessions)
-    sender = Sender(sessions, config(None), decode_dicom)
+    sender = Sender(sessions, config(None))
     assert await sender.run_once() == 0
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
@@ -497,7 +500,7 @@ async def test_t3_crash_while_waiting_for_ack_resends_same_bytes(sessions: Sessi
     row = add_outbound(sessions)
     ehr = await FakeEhr(["slow"]).start()  # first ORU: no ACK before the "crash"
     cfg = config(ehr.port, ack_timeout_s=5.0)
-    first = asyncio.create_task(Sender(sessions, cfg, decode_dicom, lease_s=0.5).run_once())
+    first = asyncio.create_task(Sender(sessions, cfg, lease_s=0.5).run_once())
     try:
         async with asyncio.timeout(5):
             while not ehr.received:
@@ -507,7 +510,7 @@ async def test_t3_crash_while_waiting_for_ack_resends_same_bytes(sessions: Sessi
             await first
         assert states(sessions)[row][0] == "sending"
         await asyncio.sleep(0.6)  # the lease expires; another sender takes over
-        await run_until(Sender(sessions, cfg, decode_dicom), settled(sessions))
+        await run_until(Sender(sessions, cfg), settled(sessions))
     finally:
         await ehr.stop()
     assert states(sessions)[row][:2] == ("delivered", 2)
@@ -532,14 +535,14 @@ async def test_list_has_no_phi_and_retry_requeues_dead_with_same_bytes(sessions:
     assert states(sessions)[row] == ("pending", 0, listed["last_error"])
     again = await FakeEhr().start()
     try:
-        await run_until(Sender(sessions, config(again.port), decode_dicom), settled(sessions))
+        await run_until(Sender(sessions, config(again.port)), settled(sessions))
     finally:
         await again.stop()
     assert states(sessions)[row][0] == "delivered"
     assert again.received == ehr.received  # identical bytes, same MSH-10, after the requeue
     assert retry_outbound(sessions, None, dead=True) == 0  # nothing dead any more
     with sessions() as s:
-        audit = s.scalars(select(Event.detail).where(Event.kind == "outbound_retry")).all()
+        audit = s.scalars(select(Event.detail).where(Event.kind == "admin_outbound_requeue")).all()
     assert audit == [{"ids": [row], "dead": False, "requeued": 1, "hurried": 0},
                      {"ids": None, "dead": True, "requeued": 0, "hurried": 0}]
 
@@ -552,7 +555,7 @@ async def test_retry_without_ids_cuts_pending_backoff(sessions: Sessions) -> Non
     assert retry_outbound(sessions) == 1
     ehr = await FakeEhr().start()
     try:
-        await run_until(Sender(sessions, config(ehr.port), decode_dicom), settled(sessions))
+        await run_until(Sender(sessions, config(ehr.port)), settled(sessions))
     finally:
         await ehr.stop()
     assert states(sessions)[row][0] == "delivered"

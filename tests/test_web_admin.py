@@ -99,6 +99,9 @@ def test_token_checks_and_bad_requests(sessions: Any, serve: Server) -> None:
         assert s.get_one(Job, dead["job"]).state == "queued"
         kinds = [e.kind for e in s.scalars(select(Event).where(Event.kind.like("admin_%")).order_by(Event.id))]
     assert kinds == ["admin_denied", "admin_jobs_requeue"]
+    delivered = add_ecg(sessions)["outbound"]  # the CLI's state check, the page's answer
+    status, _, headers = _request(f"{base}/retry", data=f"target=outbound:{delivered}&token=tok-123".encode())
+    assert status == 303 and headers["Location"].startswith("/?notice=unchanged")
     _, html, _ = _request(f"{base}/?notice=requeued&target=<b>x</b>")
     assert Dom(html).ids["notice"] == "Requeued <b>x</b>." and "<b>x</b>" not in html
     assert _request(f"{base}/?notice=%3Ci%3Efree%20text")[1].count("free text") == 0

@@ -6,6 +6,8 @@ import multiprocessing
 import re
 import threading
 import time
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from sqlalchemy import func, select
 
 from ecg_gateway.config import Config, ModelConfig, OutboundConfig, WorkerConfig
-from ecg_gateway.ecg import INDEPENDENT_LEADS, UNINTERPRETABLE
+from ecg_gateway.ecg import INDEPENDENT_LEADS, UNINTERPRETABLE, Ecg, unpack_tracing
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
 from ecg_gateway.store.ingest import InboundMessage, Ingestor
 from ecg_gateway.store.models import Event, Job, Outbound, Result
@@ -62,6 +64,31 @@ def enqueue(ingestor: Ingestor, ecgs, prefix: str = "1.2.826.0.1") -> None:  # t
 def count(sessions, table, *where) -> int:  # type: ignore[no-untyped-def]
     with sessions() as s:
         return s.scalar(select(func.count()).select_from(table).where(*where))
+
+
+def test_result_keeps_what_the_sender_needs_so_it_never_decodes(sessions, checkpoint: Path) -> None:
+    """Issue #31: the acquisition time always, the waveform when its ORU gets a PDF."""
+    when = datetime(2024, 5, 6, 7, 8, 9)  # as a cart gives it: wall clock, no zone
+
+    def decode(content_type: str, raw: bytes) -> Ecg:
+        return replace(decode_npz(content_type, raw), acquired_at=when)
+
+    ecgs = [synthetic.synthetic_ecg(0), synthetic.flat_line(1)]
+    enqueue(Ingestor(sessions), ecgs)
+    config = make_config(checkpoint)
+    config = config.model_copy(update={"outbound": config.outbound.model_copy(update={"attach_pdf": True})})
+    assert Worker(sessions, config, decode).run_once() == 2
+    with sessions() as s:
+        results = {r.message_id: r for r in s.scalars(select(Result))}
+        with_oru = set(s.scalars(select(Result.message_id).join(Outbound, Outbound.result_id == Result.id)))
+    assert results[1].acquired_at == results[2].acquired_at == "2024-05-06T07:08:09"
+    assert 2 in with_oru and results[2].category == UNINTERPRETABLE  # flat line: an ORU with the trace
+    for message_id, result in results.items():
+        if message_id in with_oru:
+            tracing = unpack_tracing(result.tracing)
+            assert np.array_equal(tracing.signal, decode_npz(NPZ, encode_npz(ecgs[message_id - 1])).signal)
+        else:
+            assert result.tracing is None
 
 
 def test_batch_is_triaged_and_committed(sessions, checkpoint: Path) -> None:

@@ -1,4 +1,5 @@
-"""Operator views and actions on the outbound queue (``ecg-gateway outbound list/retry``).
+"""Operator view of the outbound queue (``ecg-gateway outbound list``); the action,
+``outbound retry``, is ``store.queue.retry_outbound``.
 
 No PHI leaves here: rows are described by ids, control id, state, attempts, the last error
 (codes and our own words only, see ack.py) and the triage category.
@@ -7,14 +8,12 @@ No PHI leaves here: rows are described by ids, control id, state, attempts, the 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Outbound, OutboundState, Result
-from ecg_gateway.store.queue import record_event, requeue
 
 STATES = tuple(s.value for s in OutboundState)
 
@@ -48,31 +47,3 @@ def _describe(row: Outbound, category: str) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
-
-
-def retry_outbound(sessions: sessionmaker[Session], ids: list[int] | None = None,
-                   dead: bool = False, actor: str = "cli") -> int:
-    """Send again now; returns how many rows were changed.
-
-    * ``ids`` given: those rows; dead ones get fresh attempts, pending ones lose their backoff.
-    * ``ids`` None and ``dead``: every dead row gets fresh attempts.
-    * ``ids`` None, not ``dead``: every pending row waiting out a backoff is due now.
-
-    Stored payloads are kept, so a resent ORU has the same bytes and MSH-10 as before.
-    Delivered rows are never resent from here.
-    """
-    with sessions.begin() as s:
-        now = db_now(s.get_bind().dialect.name)
-        revived = requeue(s, Outbound, ids) if (ids is not None or dead) else 0
-        hurried = 0
-        if ids is not None or not dead:
-            stmt = update(Outbound).where(Outbound.state == OutboundState.PENDING.value,
-                                          Outbound.run_after > now)
-            if ids is not None:
-                stmt = stmt.where(Outbound.id.in_(ids))
-            done = s.execute(stmt.values(run_after=now)
-                             .execution_options(synchronize_session=False))
-            hurried = cast(CursorResult[Any], done).rowcount
-        record_event(s, "outbound_retry", actor=actor,
-                     detail={"ids": ids, "dead": dead, "requeued": revived, "hurried": hurried})
-    return revived + hurried

@@ -20,18 +20,16 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, exists, or_, select, update
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.config import Config
-from ecg_gateway.ecg import Ecg, TriageCategory
+from ecg_gateway.ecg import Ecg, TriageCategory, unpack_tracing
 from ecg_gateway.metrics import ACUTE_E2E_SECONDS, DELIVERIES, PDFS
 from ecg_gateway.mllp import MllpClient, MllpError
 from ecg_gateway.outbound.ack import AckOutcome, Verdict, answers, judge_ack
@@ -45,9 +43,8 @@ from ecg_gateway.outbound.oru import (
 )
 from ecg_gateway.outbound.page import PageText, page_text
 from ecg_gateway.security import client_context
-from ecg_gateway.store.db import db_now
-from ecg_gateway.store.models import Message, Outbound, OutboundKind, OutboundState, Result
-from ecg_gateway.store.queue import claim, complete, dead_letter, record_event, retry_later
+from ecg_gateway.store import queue
+from ecg_gateway.store.models import Message, Outbound, OutboundKind, Result
 
 log = structlog.get_logger(__name__)
 
@@ -76,21 +73,18 @@ class _Work:
     kind: str = OutboundKind.RESULT.value
     result: ResultView | None = None
     message: MessageView | None = None
-    content_type: str = ""
-    raw: bytes = b""
+    tracing: bytes | None = None  # results.tracing: the waveform the worker decoded
 
 
 class Sender:
     """Delivers ORU^R01 messages over one persistent MLLP connection."""
 
-    def __init__(self, sessions: sessionmaker[Session], config: Config,
-                 decode: Callable[[str, bytes], Ecg], *,
+    def __init__(self, sessions: sessionmaker[Session], config: Config, *,
                  acute_render_budget_s: float | None = None,
                  lease_s: float | None = None, rng: random.Random | None = None) -> None:
         self._sessions = sessions
         self._cfg = config.outbound
         self._poll_s = config.worker.poll_interval_s
-        self._decode = decode
         self._acute_budget_s = acute_render_budget_s or self._cfg.acute_pdf_budget_s
         self._late_renders: dict[int, asyncio.Future[bytes]] = {}  # result id -> running render
         self._rng = rng or random.Random()
@@ -224,13 +218,16 @@ class Sender:
             log.info("outbound_outcome_recorded_late", outbound_id=work.id, verdict=outcome.verdict.value)
 
     async def _compose(self, work: _Work) -> bytes:
+        """The ORU from the stored rows: the acquisition time and the waveform are what the
+        worker kept on the result (the raw message is decoded once, by the worker)."""
         assert work.result is not None and work.message is not None
         ecg: Ecg | None = None
-        try:
-            ecg = await asyncio.to_thread(self._decode, work.content_type, work.raw)
-        except Exception as exc:  # noqa: BLE001 - the ORU still goes, without tracing and time
-            log.warning("outbound_decode_failed", outbound_id=work.id, error=type(exc).__name__)
-        message = replace(work.message, acquired_at=ecg.acquired_at if ecg else None)
+        if work.tracing is not None and self._cfg.attach_pdf:
+            try:
+                ecg = unpack_tracing(work.tracing)
+            except Exception as exc:  # noqa: BLE001 - the ORU still goes, without tracing
+                log.warning("outbound_tracing_unreadable", outbound_id=work.id, error=type(exc).__name__)
+        message = work.message
         correction = work.kind == OutboundKind.CORRECTION.value
         pdf, outcome = None, ""
         if self._cfg.attach_pdf:
@@ -290,10 +287,9 @@ class Sender:
 
     def _claim_next(self) -> _Work | None:
         with self._sessions.begin() as s:
-            claimed = claim(s, Outbound, 1, self._lease_s, ready=_first_oru_delivered())
-            if not claimed:
+            c = queue.claim_outbound(s, self._lease_s)
+            if c is None:
                 return None
-            c = claimed[0]
             row = s.get_one(Outbound, c.id)
             result = s.get_one(Result, row.result_id)
             work = _Work(id=c.id, attempt=c.attempts, control_id=row.control_id,
@@ -303,20 +299,17 @@ class Sender:
                 self._record_sent(s, work, len(row.payload))
                 return work
             message = s.get_one(Message, result.message_id)
+            acquired = datetime.fromisoformat(result.acquired_at) if result.acquired_at else None
             return replace(work, result=ResultView.from_row(result),
-                           message=MessageView.from_row(message),
-                           content_type=message.content_type, raw=message.raw)
+                           message=MessageView.from_row(message, acquired), tracing=result.tracing)
 
     def _store_payload(self, work: _Work, payload: bytes, pdf: str) -> bytes:
         """Keep the first composed bytes for good (a concurrent composer's win is kept). A
         late PDF gets its correction row in the same transaction: it cannot be forgotten."""
         with self._sessions.begin() as s:
-            stored = cast(CursorResult[Any], s.execute(
-                update(Outbound).where(Outbound.id == work.id, Outbound.payload.is_(None))
-                .values(payload=payload).execution_options(synchronize_session=False)))
-            if stored.rowcount == 0:
-                payload = s.scalar(select(Outbound.payload).where(Outbound.id == work.id)) \
-                    or payload
+            kept = queue.keep_payload(s, work.id, payload)
+            if kept is not None:
+                payload = kept
             elif pdf in ("late", "missing"):
                 self._pdf_event(s, work, pdf)
             self._record_sent(s, work, len(payload))
@@ -324,16 +317,8 @@ class Sender:
 
     def _pdf_event(self, s: Session, work: _Work, outcome: str) -> None:
         """Count a late or missing PDF (metric, event); a late one gets its correction row."""
-        detail: dict[str, Any] = {"control_id": work.control_id, "category": work.category}
-        if outcome == "late":
-            row = s.get_one(Outbound, work.id)
-            correction = Outbound(result_id=work.result_id, kind=OutboundKind.CORRECTION.value,
-                                  control_id=new_control_id(), priority=row.priority,
-                                  max_attempts=row.max_attempts, destination=row.destination)
-            s.add(correction)
-            s.flush()
-            detail["correction_outbound_id"] = correction.id
-        record_event(s, f"oru_pdf_{outcome}", outbound_id=work.id, detail=detail)
+        queue.note_pdf(s, work.id, outcome, {"control_id": work.control_id, "category": work.category},
+                       correction_control_id=new_control_id())
         PDFS.labels(outcome=outcome).inc()
 
     def _record_pdf(self, work: _Work, outcome: str) -> None:
@@ -341,66 +326,43 @@ class Sender:
             self._pdf_event(s, work, outcome)
 
     def _record_sent(self, s: Session, work: _Work, size: int) -> None:
-        record_event(s, "sent", outbound_id=work.id, peer=self.destination,
-                     detail={"control_id": work.control_id, "attempt": work.attempt,
-                             "bytes": size, "category": work.category})
+        queue.record_sent(s, work.id, self.destination,
+                          {"control_id": work.control_id, "attempt": work.attempt,
+                           "bytes": size, "category": work.category})
 
     def _finish(self, work: _Work, outcome: AckOutcome, timings: dict[str, float] | None = None) -> None:
         """Record the outcome; ``timings`` (ms per stage of this attempt) go on the delivered line."""
         fields = {"outbound_id": work.id, "control_id": work.control_id,
                   "attempt": work.attempt, "category": work.category}
         e2e_s = None
+        detail = {"control_id": work.control_id, "attempt": work.attempt, "ack": outcome.code,
+                  "error": outcome.error}
         with self._sessions.begin() as s:
             if outcome.verdict is Verdict.DELIVERED:
-                self._mark_delivered(s, work.id)
+                if not queue.mark_delivered(s, work.id, self.destination, detail):
+                    # our lease ran out while we waited, but the EHR has the message
+                    log.warning("outbound_lease_lost", outbound_id=work.id)
                 kind = "delivered"
                 first = work.kind == OutboundKind.RESULT.value
                 if work.category == TriageCategory.ACUTE.value and first:
                     e2e_s = _received_to_delivered_s(s, work.id)
                 log.info("outbound_delivered", ack=outcome.code, **fields, **(timings or {}))
             elif outcome.verdict is Verdict.DEAD:
-                dead_letter(s, Outbound, work.id, outcome.error)
+                queue.mark_dead(s, work.id, outcome.error, self.destination, detail)
                 kind = "dead"
             else:
                 delay = backoff_s(work.attempt, self._cfg.backoff_initial_s,
                                   self._cfg.backoff_max_s, self._rng)
-                state = retry_later(s, Outbound, work.id, outcome.error, delay)
-                kind = "dead" if state == OutboundState.DEAD.value else "send_failed"
+                kind = queue.retry_outbound_later(s, work.id, outcome.error, delay, self.destination, detail)
                 if kind == "send_failed":
                     log.warning("outbound_send_failed", error=outcome.error,
                                 retry_in_s=round(delay, 3), **fields)
-            record_event(s, kind, outbound_id=work.id, peer=self.destination,
-                         detail={"control_id": work.control_id, "attempt": work.attempt,
-                                 "ack": outcome.code, "error": outcome.error})
         if kind == "dead":  # an undelivered result needs a human: this is the alert
             log.error("outbound_dead", error=outcome.error, **fields)
         self.stats[kind] += 1
         DELIVERIES.labels(outcome=kind).inc()
         if e2e_s is not None:
             ACUTE_E2E_SECONDS.observe(e2e_s)
-
-    def _mark_delivered(self, s: Session, row_id: int) -> None:
-        now = db_now(s.get_bind().dialect.name)
-        # delivered: earlier errors are history (events), no longer the row's state
-        if complete(s, Outbound, row_id, delivered_at=now, last_error=None):
-            return
-        # Our lease ran out while we waited, but the EHR has the message: record that.
-        log.warning("outbound_lease_lost", outbound_id=row_id)
-        s.execute(update(Outbound).where(Outbound.id == row_id,
-                                         Outbound.state != OutboundState.DELIVERED.value)
-                  .values(state=OutboundState.DELIVERED.value, lease_until=None,
-                          delivered_at=now, last_error=None)
-                  .execution_options(synchronize_session=False))
-
-
-def _first_oru_delivered() -> Any:
-    """A correction is due only once the result's first ORU is delivered: the EHR never
-    gets the correction (OBR-25 C) before what it corrects."""
-    first = aliased(Outbound)
-    pending_first = (exists().where(first.result_id == Outbound.result_id,
-                                    first.kind == OutboundKind.RESULT.value,
-                                    first.state != OutboundState.DELIVERED.value))
-    return or_(Outbound.kind != OutboundKind.CORRECTION.value, ~pending_first)
 
 
 def _received_to_delivered_s(s: Session, row_id: int) -> float | None:

@@ -1,7 +1,8 @@
-"""Operator actions on the queue: requeue dead jobs, replay (re-triage) messages, purge.
+"""Operator actions on the stored ECGs: list jobs, replay (re-triage) messages, purge.
 
 Used by the admin CLI (``ecg-gateway jobs|replay|purge``), the web page and the daily
-retention job. Each action checks before it changes anything (a bad id changes nothing)
+retention job; requeues change a queue row's state, so they live in ``store.queue``. Each
+action checks before it changes anything (a bad id changes nothing)
 and records an ``admin_<action>`` event naming the actor; events carry ids and counts only.
 """
 
@@ -15,10 +16,10 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ecg_gateway.errors import GatewayError
+from ecg_gateway.audit import record_event
+from ecg_gateway.errors import AdminError
 from ecg_gateway.store.db import db_now_plus
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, OutboundState, Result
-from ecg_gateway.store.queue import record_event, requeue
 
 #: Replays run after live traffic: claims take the lowest priority number first (live = 100).
 REPLAY_PRIORITY = 200
@@ -26,10 +27,6 @@ PURGE_BATCH = 500
 JOB_STATES = tuple(s.value for s in JobState)
 _BUSY_JOB = (JobState.QUEUED.value, JobState.RUNNING.value)
 _BUSY_OUTBOUND = (OutboundState.PENDING.value, OutboundState.SENDING.value)
-
-
-class AdminError(GatewayError):
-    """An operator asked for something the queue's state does not allow; nothing changed."""
 
 
 def list_jobs(sessions: sessionmaker[Session], state: str | None = None,
@@ -45,40 +42,6 @@ def list_jobs(sessions: sessionmaker[Session], state: str | None = None,
                  "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
                  "last_error": j.last_error, "created_at": _iso(j.created_at),
                  "updated_at": _iso(j.updated_at)} for j in s.scalars(stmt)]
-
-
-def requeue_jobs(sessions: sessionmaker[Session], ids: list[int] | None, *,
-                 actor: str, peer: str | None = None) -> int:
-    """Give dead jobs (the given ids, or all with ``ids=None``) fresh attempts.
-
-    Raises AdminError, changing nothing, when a given id is unknown or not dead.
-    """
-    with sessions.begin() as s:
-        if ids is not None:
-            _require_state(s, Job, ids, JobState.DEAD.value, "job")
-        count = requeue(s, Job, ids)
-        record_event(s, "admin_jobs_requeue", actor=actor, peer=peer,
-                     detail={"ids": ids, "requeued": count})
-    return count
-
-
-def requeue_outbound(sessions: sessionmaker[Session], ids: list[int], *,
-                     actor: str, peer: str | None = None) -> int:
-    """Dead ORU rows back to pending with fresh attempts (same stored bytes, same MSH-10)."""
-    with sessions.begin() as s:
-        _require_state(s, Outbound, ids, OutboundState.DEAD.value, "outbound row")
-        count = requeue(s, Outbound, ids)
-        record_event(s, "admin_outbound_requeue", actor=actor, peer=peer,
-                     detail={"ids": ids, "requeued": count})
-    return count
-
-
-def _require_state(s: Session, table: type, ids: list[int], state: str, noun: str) -> None:
-    found = dict(s.execute(select(table.id, table.state).where(table.id.in_(ids))).all())
-    problems = [f"{noun} {i} not found" if i not in found
-                else f"{noun} {i} is {found[i]}, not {state}" for i in ids if found.get(i) != state]
-    if problems:
-        raise AdminError("; ".join(problems))
 
 
 def replay(sessions: sessionmaker[Session], message_ids: list[int], *, max_attempts: int,

@@ -22,12 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ecg_gateway.audit import Auditor
+from ecg_gateway.audit import Auditor, record_event
 from ecg_gateway.errors import StoreUnavailableError
 from ecg_gateway.metrics import ECGS_RECEIVED
 from ecg_gateway.store.db import db_now
 from ecg_gateway.store.models import Job, Message
-from ecg_gateway.store.queue import record_event
 
 log = structlog.get_logger(__name__)
 

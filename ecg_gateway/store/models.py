@@ -126,6 +126,12 @@ class Result(Base):
     statements: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     measurements: Mapped[dict[str, float] | None] = mapped_column(JSON)
     decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # what the ORU needs from the decoded ECG (migration 0005), so the sender never decodes the
+    # raw message: the acquisition time as the cart gave it (ISO 8601, its offset if it gave
+    # one) and, when a PDF is to be attached, the waveform (ecg.pack_tracing). NULL when the
+    # ECG has none, and in rows whose ORU was composed before 0005.
+    acquired_at: Mapped[str | None] = mapped_column(String(40))
+    tracing: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
