@@ -30,7 +30,7 @@ from ecg_gateway.audit import local_actor
 from ecg_gateway.config import Config, redacted_dump
 from ecg_gateway.config_check import check as check_config
 from ecg_gateway.config_check import database_failure
-from ecg_gateway.errors import ConfigError
+from ecg_gateway.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError, StartupError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
@@ -41,18 +41,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 ROLES = ("all", "ingest", "worker", "sender")
 DRAIN_TIMEOUT_S = 15.0
-
-
-class StartupError(Exception):
-    """Start-up failed in a way the operator must fix; carries the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
