@@ -10,6 +10,7 @@ module and the daemon can import them without importing each other.
 from __future__ import annotations
 
 EX_OK = 0
+EX_FORCED_EXIT = 1  # serve: a second stop signal cut the drain short (1, as for a crash)
 EX_USAGE = 2  # argparse's code for a bad command line
 EX_DATAERR = 65  # an input file or a row the command cannot use
 EX_UNAVAILABLE = 69  # a port, the database or the peer is unavailable (a restart may help)
