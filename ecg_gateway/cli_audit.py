@@ -12,9 +12,9 @@ import json
 import sys
 from typing import Any
 
-from ecg_gateway.cli_common import Subparsers, add_command, open_sessions
+from ecg_gateway.cli_common import Subparsers, add_command, db_errors, open_sessions
 from ecg_gateway.config import Config
-from ecg_gateway.errors import EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError
+from ecg_gateway.errors import EX_OK, EX_USAGE, CliError
 
 
 def register(sub: Subparsers) -> None:
@@ -29,9 +29,8 @@ def register(sub: Subparsers) -> None:
     audit.add_argument("--codes", action="store_true", help="print the kind -> PS3.15 event code table")
 
 
+@db_errors
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from ecg_gateway.audit import DICOM_AUDIT, export, local_actor, parse_time, query_events
     from ecg_gateway.store.queue import record_event
 
@@ -49,16 +48,13 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be positive", EX_USAGE)
     sessions = open_sessions(config)
-    try:
-        with sessions() as session:
-            rows = [export(e) for e in query_events(session, since=since, until=until, kinds=args.kind,
-                                                    limit=args.limit)]
-        with sessions.begin() as session:
-            record_event(session, "audit_log_used", actor=local_actor(), peer="local",
-                         detail={"since": args.since, "until": args.until, "kinds": args.kind,
-                                 "returned": len(rows)})
-    except SQLAlchemyError as exc:
-        raise CliError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+    with sessions() as session:
+        rows = [export(e) for e in query_events(session, since=since, until=until, kinds=args.kind,
+                                                limit=args.limit)]
+    with sessions.begin() as session:
+        record_event(session, "audit_log_used", actor=local_actor(), peer="local",
+                     detail={"since": args.since, "until": args.until, "kinds": args.kind,
+                             "returned": len(rows)})
     out = sys.stdout
     for row in rows:
         out.write(json.dumps(row, sort_keys=True, default=str) + "\n" if args.json else _line(row) + "\n")
