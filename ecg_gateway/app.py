@@ -1,14 +1,20 @@
 """The Gateway: builds the components from Config and starts/stops them in a fixed order.
 
-Start: database (migrate/check) -> worker -> sender -> receivers (DICOM, HL7) -> ops.
+Start: database (migrate/check) -> sender -> worker (it nudges the sender) -> receivers
+(DICOM, HL7) -> ops -> housekeeping. Each optional component is an attribute that is None
+until started, so stop knows what to stop without guessing.
 Stop (first SIGTERM/SIGINT): receivers stop accepting and drain in-flight stores ->
-worker finishes its batch -> sender finishes its send -> engine disposed -> exit 0.
-A second signal forces an immediate exit. A crash needs no cleanup: leases expire.
+worker finishes its batch -> sender finishes its send -> engine disposed -> exit 0, all
+within one graceful timeout (:data:`DRAIN_TIMEOUT_S`). A second signal sets ``force_exit``:
+the drain stops waiting and serve exits 1 (uvicorn's server.py). The signal handlers are
+installed for the run only and the previous ones put back (:func:`capture_signals`).
+A crash needs no cleanup: leases expire.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,29 +37,26 @@ from ecg_gateway.audit import local_actor
 from ecg_gateway.config import Config, redacted_dump
 from ecg_gateway.config_check import check as check_config
 from ecg_gateway.config_check import database_failure
-from ecg_gateway.errors import ConfigError
+from ecg_gateway.errors import EX_CONFIG, EX_FORCED_EXIT, EX_OK, EX_UNAVAILABLE, ConfigError, StartupError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
 from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
 from ecg_gateway.store.ingest import Ingestor
 
 if TYPE_CHECKING:
+    from ecg_gateway.housekeeping import Housekeeping
     from ecg_gateway.inbound.hl7_receiver import Hl7Receiver
+    from ecg_gateway.outbound.sender import Sender
+    from ecg_gateway.worker import Worker
 
 log = structlog.get_logger(__name__)
 
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 ROLES = ("all", "ingest", "worker", "sender")
+#: The one graceful timeout: the whole drain (in-flight DICOM stores, the worker's batch, the
+#: sender's send) after the first signal. systemd's TimeoutStopSec must exceed it.
 DRAIN_TIMEOUT_S = 15.0
-
-
-class StartupError(Exception):
-    """Start-up failed in a way the operator must fix; carries the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+_DRAIN_POLL_S = 0.05
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
@@ -70,29 +74,72 @@ def open_database(config: Config) -> tuple[Engine, sessionmaker[Session]]:
     return engine, make_session_factory(engine)
 
 
+@contextlib.contextmanager
+def capture_signals(handler: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM go to ``handler`` on the running loop until the block ends; then the
+    previous handlers are back (uvicorn's ``capture_signals``). Unlike uvicorn the signal is
+    not raised again: serve's answer to SIGTERM is a clean exit 0."""
+    loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in HANDLED_SIGNALS}
+    for sig in HANDLED_SIGNALS:
+        loop.add_signal_handler(sig, handler, sig)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
 @dataclass
 class Gateway:
     config: Config
     role: str = "all"
     nudge: threading.Event = field(default_factory=threading.Event)
     bound: dict[str, int] = field(default_factory=dict)
+    #: Set by a second signal: the drain stops waiting (uvicorn's ``force_exit``).
+    force_exit: bool = field(default=False, init=False)
+    # Set by run() before anything starts (so before stop can run).
+    engine: Engine = field(init=False)
+    sessions: sessionmaker[Session] = field(init=False)
+    ingestor: Ingestor = field(init=False)
 
     def __post_init__(self) -> None:
         self._stopping = asyncio.Event()
         self._thread_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._health_sources: dict[str, Any] = {}
+        self._drain_deadline = 0.0
+        # The optional components: None until started (by role and config).
+        self.sender: Sender | None = None
+        self.worker: Worker | None = None
+        self.housekeeping: Housekeeping | None = None
         self._dicom_server: Any = None
         self._hl7_server: Any = None
         self._hl7_receiver: Hl7Receiver | None = None
-        self._signals = 0
         self._ops_server: Any = None
-        self._health_sources: dict[str, Any] = {}
 
     def wants(self, part: str) -> bool:
         return self.role == "all" or self.role == part
 
     async def run(self) -> int:
+        """Serve until the first signal: 0 after the drain, 1 when a second signal cut it short."""
+        self._prepare()
+        with capture_signals(self._on_signal):
+            try:
+                await self._start()
+                freeze_heap()
+                log.info("gateway_started", role=self.role, ports=self.bound, process_id=os.getpid())
+                self.ingestor.audit.record("app_start", actor=local_actor(), detail={
+                    "version": __version__, "role": self.role, "ports": self.bound, "process_id": os.getpid()})
+                await self._stopping.wait()
+            finally:
+                await self._stop()
+        return EX_FORCED_EXIT if self.force_exit else EX_OK
+
+    def _prepare(self) -> None:
+        """What must hold before anything listens: config, privileges, database at head."""
         try:
             check_config(self.config, model=False)  # the files and driver the values name (exit 78)
         except ConfigError as exc:
@@ -102,17 +149,6 @@ class Gateway:
         self.ingestor = Ingestor(self.sessions, max_attempts=self.config.worker.max_attempts,
                                  on_commit=self.nudge.set, serialize=is_sqlite(self.config.database.url))
         self._audit_config()
-        self._install_signal_handlers()
-        try:
-            await self._start()
-            freeze_heap()
-            log.info("gateway_started", role=self.role, ports=self.bound, process_id=os.getpid())
-            self.ingestor.audit.record("app_start", actor=local_actor(), detail={
-                "version": __version__, "role": self.role, "ports": self.bound, "process_id": os.getpid()})
-            await self._stopping.wait()
-        finally:
-            await self._stop()
-        return 0
 
     def exit_if_threads_linger(self, code: int) -> None:
         """End the process without interpreter finalization if the worker thread is still in a
@@ -150,7 +186,7 @@ class Gateway:
                     "outbound": self.config.outbound.tls}})
 
     async def _start(self) -> None:
-        if self.wants("sender"):
+        if self.wants("sender"):  # before the worker, which nudges it
             self._start_sender()
         if self.wants("worker"):
             self._start_worker()
@@ -186,9 +222,8 @@ class Gateway:
         threads = cpu_threads(self.config.model.cpu_threads, shares_process=self.role == "all")
         log.info("worker_cpu_threads", threads=threads, role=self.role)
 
-        sender = getattr(self, "sender", None)
         worker = Worker(self.sessions, self.config, decode_message, nudge=self.nudge,
-                        on_results=sender.nudge if sender is not None else None, cpu_cores=threads)
+                        on_results=self.sender.nudge if self.sender is not None else None, cpu_cores=threads)
         self.worker = worker
         thread = threading.Thread(target=worker.run, args=(self._thread_stop,), name="triage-worker", daemon=True)
         thread.start()
@@ -205,8 +240,8 @@ class Gateway:
             return
         from ecg_gateway.outbound.sender import Sender
 
-        self.sender = Sender(self.sessions, self.config)
-        self._tasks.append(asyncio.create_task(self.sender.run(self._stopping), name="oru-sender"))
+        sender = self.sender = Sender(self.sessions, self.config)
+        self._tasks.append(asyncio.create_task(sender.run(self._stopping), name="oru-sender"))
 
     def _start_ops(self) -> None:
         from ecg_gateway.metrics import REGISTRY
@@ -258,56 +293,54 @@ class Gateway:
         log.info("dicom_listening", host=self.config.dicom.host, port=self.bound["dicom"],
                  ae_title=self.config.dicom.ae_title, sop_classes=list(accepted_sop_classes(self.config.dicom)))
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    def _install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
-
     def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals += 1
-        if self._signals > 1:
+        if self._stopping.is_set():
             log.warning("forced_exit", signal=sig.name)
-            os._exit(1)
+            self.force_exit = True
+            return
         log.info("shutdown_requested", signal=sig.name)
         self._stopping.set()
 
+    async def _drain(self, done: Callable[[], bool]) -> bool:
+        """Wait until ``done()``, the graceful deadline or a forced exit; True if done."""
+        while not done():
+            if self.force_exit or time.monotonic() >= self._drain_deadline:
+                return False
+            await asyncio.sleep(_DRAIN_POLL_S)
+        return True
+
     async def _stop(self) -> None:
-        if hasattr(self, "housekeeping"):
+        self._drain_deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        if self.housekeeping is not None:
             self.housekeeping.stop()
-        if self._dicom_server is not None:
-            await asyncio.to_thread(_drain_dicom, self._dicom_server, DRAIN_TIMEOUT_S)
-        if self._hl7_server is not None:
-            self._hl7_server.close()
-            await self._hl7_server.wait_closed()
-        if self._hl7_receiver is not None:
-            await asyncio.to_thread(self._hl7_receiver.close)
+        await self._stop_receivers()
         self._thread_stop.set()
         self.nudge.set()
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join, DRAIN_TIMEOUT_S)
-        if self._tasks:  # the sender saw _stopping: let it finish the send in flight
-            await asyncio.wait(self._tasks, timeout=DRAIN_TIMEOUT_S)
+        await self._drain(lambda: not any(thread.is_alive() for thread in self._threads))
+        # the sender saw _stopping: let it finish the send in flight
+        await self._drain(lambda: all(task.done() for task in self._tasks))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._ops_server is not None:
             self._ops_server.shutdown()
-        if hasattr(self, "ingestor"):
-            self.ingestor.audit.record("app_stop", actor=local_actor(), detail={"process_id": os.getpid()})
-            await asyncio.to_thread(self.ingestor.audit.flush, 5.0)
-        if hasattr(self, "engine"):
-            self.engine.dispose()
-        log.info("gateway_stopped")
+        self.ingestor.audit.record("app_stop", actor=local_actor(), detail={"process_id": os.getpid()})
+        await asyncio.to_thread(self.ingestor.audit.flush, 0.0 if self.force_exit else 5.0)
+        self.engine.dispose()
+        log.info("gateway_stopped", forced=self.force_exit)
 
-
-def _drain_dicom(server: Any, timeout_s: float) -> None:
-    """Stop accepting, let in-flight associations finish their stores, abort stragglers."""
-    server.shutdown()
-    deadline = time.monotonic() + timeout_s
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for assoc in list(server.active_associations):
-        assoc.abort()
+    async def _stop_receivers(self) -> None:
+        """Stop accepting; in-flight DICOM stores and HL7 messages finish (within the drain)."""
+        if self._dicom_server is not None:
+            server = self._dicom_server
+            await asyncio.to_thread(server.shutdown)
+            await self._drain(lambda: not server.active_associations)
+            for assoc in list(server.active_associations):
+                assoc.abort()
+        if self._hl7_server is not None:
+            self._hl7_server.close()
+            await self._hl7_server.wait_closed()
+        if self._hl7_receiver is not None:
+            closing = threading.Thread(target=self._hl7_receiver.close, name="hl7-close", daemon=True)
+            closing.start()
+            await self._drain(lambda: not closing.is_alive())

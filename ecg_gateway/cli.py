@@ -10,63 +10,55 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ecg_gateway import __version__
+from ecg_gateway import __version__, cli_admin, cli_audit
+from ecg_gateway.cli_common import add_command, open_sessions
 from ecg_gateway.config import Config, load_config
-from ecg_gateway.errors import ConfigError
+from ecg_gateway.errors import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    CliError,
+    ConfigError,
+    StartupError,
+)
 
 if TYPE_CHECKING:
     from ecg_gateway.ecg import Ecg
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 0, 2, 65, 69, 78
-
-Command = Callable[[argparse.Namespace, Config], int]
-
-
-class CliError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+__all__ = ["EX_CONFIG", "EX_DATAERR", "EX_OK", "EX_UNAVAILABLE", "EX_USAGE", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ecg-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML config file (env ECG_GATEWAY__SECTION__KEY overrides)")
-        p.set_defaults(func=func)
-        return p
-
-    serve = add("serve", cmd_serve, "run the daemon")
+    serve = add_command(sub, "serve", cmd_serve, "run the daemon")
     serve.add_argument("--role", choices=("all", "ingest", "worker", "sender"), default="all")
-    db = add("db", cmd_db, "database schema")
+    db = add_command(sub, "db", cmd_db, "database schema")
     db.add_argument("action", choices=("upgrade", "current"))
-    status = add("status", cmd_status, "queue counts per state")
+    status = add_command(sub, "status", cmd_status, "queue counts per state")
     status.add_argument("--json", action="store_true")
-    check = add("check-config", cmd_check_config, "validate the configuration and print it")
+    check = add_command(sub, "check-config", cmd_check_config, "validate the configuration and print it")
     check.add_argument("--json", action="store_true")
-    triage = add("triage", cmd_triage, "triage ECG files (DICOM, HL7, aECG, MUSE XML, Philips SierraECG "
-                 "XML, SCP-ECG, WFDB .hea) without the daemon")
+    triage = add_command(sub, "triage", cmd_triage, "triage ECG files (DICOM, HL7, aECG, MUSE XML, "
+                         "Philips SierraECG XML, SCP-ECG, WFDB .hea) without the daemon")
     triage.add_argument("files", nargs="+", metavar="FILE")
     triage.add_argument("--json", action="store_true")
-    outbound = add("outbound", cmd_outbound, "ORU deliveries: list, or retry now")
+    outbound = add_command(sub, "outbound", cmd_outbound, "ORU deliveries: list, or retry now")
     outbound.add_argument("action", choices=("list", "retry"))
     outbound.add_argument("ids", nargs="*", type=int, metavar="ID")
     outbound.add_argument("--state", help="list: only rows in this state (pending, sending, delivered, dead)")
     outbound.add_argument("--dead", action="store_true", help="retry: every dead row")
     outbound.add_argument("--json", action="store_true")
-    from ecg_gateway.cli_admin import register as register_admin
-
-    register_admin(sub, add)  # jobs, replay, purge, send-dicom, send-hl7
-    from ecg_gateway import cli_audit
-
-    cli_audit.register(sub, add)
+    cli_admin.register(sub)  # jobs, replay, purge, send-dicom, send-hl7
+    cli_audit.register(sub)
     return parser
 
 
@@ -85,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT  # the shell's code for a command ended by Ctrl-C
 
 
 def _fail(message: str, code: int) -> int:
@@ -94,7 +86,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    from ecg_gateway.app import Gateway, StartupError
+    from ecg_gateway.app import Gateway
 
     gateway = Gateway(config, role=args.role)
     try:
@@ -124,26 +116,11 @@ def cmd_db(args: argparse.Namespace, config: Config) -> int:
     return EX_OK if args.action == "upgrade" or current == head else EX_CONFIG
 
 
-def _sessions(config: Config) -> Any:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from ecg_gateway.config_check import database_failure
-    from ecg_gateway.store.db import at_head, make_engine, make_session_factory
-
-    engine = make_engine(config.database.url)
-    try:
-        if not at_head(engine):
-            raise CliError("database is not at the migration head: run `ecg-gateway db upgrade`", EX_CONFIG)
-    except SQLAlchemyError as exc:
-        raise CliError(*database_failure(exc)) from exc
-    return make_session_factory(engine)
-
-
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.store.overview import destinations, last_delivery_errors
     from ecg_gateway.store.stats import last_errors, last_model, status_counts
 
-    with _sessions(config)() as session:
+    with open_sessions(config)() as session:
         report = status_counts(session)
         report["model"] = last_model(session)
         report["last_errors"] = last_errors(session)
@@ -254,7 +231,7 @@ def cmd_outbound(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.outbound.admin import list_outbound
     from ecg_gateway.store.queue import retry_outbound
 
-    sessions = _sessions(config)
+    sessions = open_sessions(config)
     if args.action == "list":
         try:
             rows = list_outbound(sessions, args.state)

@@ -15,21 +15,19 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ecg_gateway.cli import (
-    EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError, Command, _sessions,
-)
+from ecg_gateway.cli_common import Subparsers, add_command, db_errors, open_sessions
 from ecg_gateway.config import Config
+from ecg_gateway.errors import EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError
 
-AddCommand = Callable[[str, Command, str], argparse.ArgumentParser]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def register(sub: Any, add: AddCommand) -> None:
-    """Add the admin commands to the ``ecg-gateway`` parser (``add`` is cli.py's helper)."""
+def register(sub: Subparsers) -> None:
+    """Add the admin commands to the ``ecg-gateway`` parser (cli.py calls this)."""
+    add = functools.partial(add_command, sub)
     jobs = add("jobs", cmd_jobs, "triage jobs: list, or requeue dead ones")
     jobs.add_argument("action", choices=("list", "requeue"))
     jobs.add_argument("ids", nargs="*", type=int, metavar="ID")
@@ -74,33 +72,20 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "d"]
 
 
-def _db_errors(func: Command) -> Command:
-    """A database that goes away mid-command is a one-line error and exit 69, not a trace."""
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace, config: Config) -> int:
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            return func(args, config)
-        except SQLAlchemyError as exc:
-            raise CliError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
-    return wrapper
-
-
 def _print(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(json.dumps(obj, sort_keys=True, default=str) if args.json else text)
 
 
 # --- queue actions ----------------------------------------------------------------------
 
-@_db_errors
+@db_errors
 def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.store.admin import AdminError, list_jobs
     from ecg_gateway.store.queue import requeue_jobs
 
     if args.action == "requeue" and not args.ids and not args.dead:
         raise CliError("jobs requeue needs IDs or --dead", EX_USAGE)
-    sessions = _sessions(config)
+    sessions = open_sessions(config)
     if args.action == "list":
         try:
             rows = list_jobs(sessions, args.state)
@@ -119,12 +104,12 @@ def cmd_jobs(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
-@_db_errors
+@db_errors
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.store.admin import AdminError, replay
 
     try:
-        created = replay(_sessions(config), args.message_ids,
+        created = replay(open_sessions(config), args.message_ids,
                          max_attempts=config.worker.max_attempts, actor="cli")
     except AdminError as exc:
         raise CliError(str(exc), EX_DATAERR) from exc
@@ -133,11 +118,11 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     return EX_OK
 
 
-@_db_errors
+@db_errors
 def cmd_purge(args: argparse.Namespace, config: Config) -> int:
     from ecg_gateway.store.admin import purge
 
-    report = purge(_sessions(config), args.older_than, actor="cli", dry_run=args.dry_run)
+    report = purge(open_sessions(config), args.older_than, actor="cli", dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
     _print(args, report.to_json(), f"{verb} {report.messages} message(s), {report.jobs} job(s), "
            f"{report.results} result(s), {report.outbound} outbound row(s)")
@@ -147,7 +132,8 @@ def cmd_purge(args: argparse.Namespace, config: Config) -> int:
 # --- test peers ---------------------------------------------------------------------------
 
 def cmd_send_dicom(args: argparse.Namespace, config: Config) -> int:
-    from ecg_gateway.dicom_peer import PeerError, quiet_dicom_libraries, send_dicom_file
+    from ecg_gateway.dicom_peer import quiet_dicom_libraries, send_dicom_file
+    from ecg_gateway.errors import PeerError
 
     quiet_dicom_libraries()  # their warnings would bury the one line that matters
     host, port = args.host or config.dicom.host, args.port or config.dicom.port
@@ -171,6 +157,7 @@ def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:
     """Send each file in turn; an unreadable file or a refusal costs that file (exit 65 at the
     end), a gateway that cannot be reached stops the run (69)."""
     from ecg_gateway.mllp import MllpClient, MllpError
+    from ecg_gateway.outbound.ack import summarize_ack
 
     host, port = args.host or config.hl7.host, args.port or config.hl7.port
     answers: list[dict[str, Any]] = [{"file": name} for name in args.files]
@@ -191,7 +178,7 @@ def cmd_send_hl7(args: argparse.Namespace, config: Config) -> int:
     except (MllpError, OSError) as exc:
         raise CliError(f"{host}:{port}: {exc}", EX_UNAVAILABLE) from exc
     for (answer, _), ack in zip(payloads, acks, strict=True):
-        msa = parse_ack(ack)
+        msa = summarize_ack(ack)
         if msa is None:
             raise CliError(f"{host}:{port}: the answer to {answer['file']} has no MSA segment",
                            EX_UNAVAILABLE)
@@ -252,18 +239,3 @@ def _read_hl7(name: str) -> bytes:
     if not data.startswith(b"MSH"):
         raise CliError(f"{name}: not an HL7 v2 message (must start with MSH)", EX_DATAERR)
     return data + b"\r"
-
-
-def parse_ack(ack: bytes) -> dict[str, str] | None:
-    """MSA code, control id and text, and ERR-3's code: what an installer needs to see."""
-    text = ack.decode("utf-8", "replace")
-    sep = text[3:4] or "|"
-    segments = {s[:3]: s.split(sep) for s in reversed(re.split(r"[\r\n]+", text)) if s[:3]}
-    msa = segments.get("MSA")
-    if msa is None:
-        return None
-    err = segments.get("ERR")
-    error_code = err[3].split(text[4:5] or "^")[0] if err and len(err) > 3 else ""
-    return {"msa": sep.join(msa), "code": msa[1] if len(msa) > 1 else "",
-            "control_id": msa[2] if len(msa) > 2 else "", "text": msa[3] if len(msa) > 3 else "",
-            "error_code": error_code}

@@ -10,17 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from ecg_gateway.cli_common import Subparsers, add_command, db_errors, open_sessions
 from ecg_gateway.config import Config
+from ecg_gateway.errors import EX_OK, EX_USAGE, CliError
 
-EX_OK, EX_USAGE, EX_UNAVAILABLE = 0, 2, 69
 
-
-def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+def register(sub: Subparsers) -> None:
     """Add the ``audit`` command to the CLI's subparsers (cli.py calls this)."""
-    audit = add("audit", cmd_audit, "audit trail: query, or export as JSON lines")
+    audit = add_command(sub, "audit", cmd_audit, "audit trail: query, or export as JSON lines")
     audit.add_argument("--since", help="only events at or after this ISO 8601 time (UTC if no zone)")
     audit.add_argument("--until", help="only events before this ISO 8601 time")
     audit.add_argument("--kind", action="append", metavar="K",
@@ -30,11 +29,9 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     audit.add_argument("--codes", action="store_true", help="print the kind -> PS3.15 event code table")
 
 
+@db_errors
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from ecg_gateway.audit import DICOM_AUDIT, export, local_actor, parse_time, query_events, record_event
-    from ecg_gateway.cli import CliError, _sessions
 
     if args.codes:
         for kind, mapping in sorted(DICOM_AUDIT.items()):
@@ -49,17 +46,14 @@ def cmd_audit(args: argparse.Namespace, config: Config) -> int:
         raise CliError(f"--since/--until: not an ISO 8601 time: {exc}", EX_USAGE) from exc
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be positive", EX_USAGE)
-    sessions = _sessions(config)
-    try:
-        with sessions() as session:
-            rows = [export(e) for e in query_events(session, since=since, until=until, kinds=args.kind,
-                                                    limit=args.limit)]
-        with sessions.begin() as session:
-            record_event(session, "audit_log_used", actor=local_actor(), peer="local",
-                         detail={"since": args.since, "until": args.until, "kinds": args.kind,
-                                 "returned": len(rows)})
-    except SQLAlchemyError as exc:
-        raise CliError(f"database unavailable: {type(exc).__name__}", EX_UNAVAILABLE) from exc
+    sessions = open_sessions(config)
+    with sessions() as session:
+        rows = [export(e) for e in query_events(session, since=since, until=until, kinds=args.kind,
+                                                limit=args.limit)]
+    with sessions.begin() as session:
+        record_event(session, "audit_log_used", actor=local_actor(), peer="local",
+                     detail={"since": args.since, "until": args.until, "kinds": args.kind,
+                             "returned": len(rows)})
     out = sys.stdout
     for row in rows:
         out.write(json.dumps(row, sort_keys=True, default=str) + "\n" if args.json else _line(row) + "\n")

@@ -14,10 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ecg_gateway.ecg import UNINTERPRETABLE, TriageCategory
+from ecg_gateway.ecg import CATEGORY_NAMES, UNINTERPRETABLE
 from ecg_gateway.errors import ConfigError
 
-OUTBOUND_CATEGORIES = tuple(c.value for c in TriageCategory) + (UNINTERPRETABLE,)
+OUTBOUND_CATEGORIES = (*CATEGORY_NAMES, UNINTERPRETABLE)
 #: keys read only from the environment (secrets): the example file shows them commented out
 ENV_ONLY = {("http", "admin_token")}
 

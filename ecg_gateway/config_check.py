@@ -19,11 +19,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from ecg_gateway.config import Config
-from ecg_gateway.errors import ConfigError
+from ecg_gateway.errors import EX_CONFIG, EX_UNAVAILABLE, ConfigError
 from ecg_gateway.security import client_context, server_context
 
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 #: Driver messages that mean the URL names something that does not exist or may not log in.
 _WRONG_URL = ("does not exist", "authentication failed", "no password supplied", "not permitted to log in")
 

@@ -18,13 +18,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
-EX_DATAERR, EX_UNAVAILABLE = 65, 69
-
-
-class PeerError(Exception):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+from ecg_gateway.errors import EX_DATAERR, EX_UNAVAILABLE, PeerError
 
 
 def quiet_dicom_libraries() -> None:

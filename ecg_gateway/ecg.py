@@ -33,6 +33,8 @@ class TriageCategory(str, enum.Enum):
 
 #: Model output order; index i of a probability vector is CATEGORY_ORDER[i].
 CATEGORY_ORDER: tuple[TriageCategory, ...] = tuple(TriageCategory)
+#: The same order as plain names (checkpoints, JSON, result columns).
+CATEGORY_NAMES: tuple[str, ...] = tuple(c.value for c in CATEGORY_ORDER)
 #: Result category for an ECG that fails the signal-quality gate (never "normal").
 UNINTERPRETABLE = "uninterpretable"
 

@@ -14,15 +14,14 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ecg_gateway.ecg import CATEGORY_ORDER, Ecg
+from ecg_gateway.ecg import CATEGORY_NAMES, Ecg
 from ecg_gateway.triage.model import TriageModel
 from ecg_gateway.triage.preprocess import preprocess
 from model_training.metrics import bootstrap, calibration_bins, confusion
 from model_training.policy import decide
 
 log = structlog.get_logger(__name__)
-NAMES = [c.value for c in CATEGORY_ORDER]
-K = len(NAMES)
+K = len(CATEGORY_NAMES)
 
 
 @dataclass
@@ -55,12 +54,12 @@ def evaluate_set(pred: Predictions, thresholds: dict[str, float], n_boot: int, s
     decided = decide(pred.probs, thresholds)
     boot = bootstrap(pred.labels, pred.probs, decided, n_resamples=n_boot, seed=seed)
     calib = {name: calibration_bins((pred.labels == k).astype(float), pred.probs[:, k])
-             for k, name in enumerate(NAMES)}
+             for k, name in enumerate(CATEGORY_NAMES)}
     return {
         "name": pred.name, "n": int(pred.labels.size),
-        "class_counts": dict(zip(NAMES, np.bincount(pred.labels, minlength=K).tolist(), strict=True)),
+        "class_counts": dict(zip(CATEGORY_NAMES, np.bincount(pred.labels, minlength=K).tolist(), strict=True)),
         "metrics": boot, "confusion": confusion(pred.labels, decided, K).tolist(),
-        "confusion_axes": "rows = reference category, columns = decided category, order " + ", ".join(NAMES),
+        "confusion_axes": "rows = reference category, columns = decided category, order " + ", ".join(CATEGORY_NAMES),
         "calibration": calib, "n_bootstrap": n_boot, "bootstrap_seed": seed,
     }
 
@@ -80,7 +79,7 @@ def plot_roc(pred: Predictions, result: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     c_values = result["metrics"]["c"]["value"]
-    for k, name in enumerate(NAMES):
+    for k, name in enumerate(CATEGORY_NAMES):
         y = pred.labels == k
         if y.all() or not y.any():
             continue
@@ -103,7 +102,7 @@ def plot_calibration(pred: Predictions, result: dict[str, Any], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name in NAMES:
+    for name in CATEGORY_NAMES:
         cal = result["calibration"][name]
         ax.plot(cal["mean_predicted"], cal["observed"], marker="o", ms=3,
                 label=f"{name} (ECE={cal['ece'][0]:.3f})")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ecg_gateway.ecg import CATEGORY_ORDER
+from ecg_gateway.ecg import CATEGORY_NAMES, CATEGORY_ORDER
 from ecg_gateway.triage.model import file_sha256, load_model, save_checkpoint
 from model_training import cache as cache_mod
 from model_training.card import write_card
@@ -40,7 +40,6 @@ from model_training.policy import (
 from model_training.snomed import SNOMED_VERSION
 
 log = structlog.get_logger(__name__)
-NAMES = [c.value for c in CATEGORY_ORDER]
 
 
 def class_counts_per_fold(arrays: cache_mod.PtbxlArrays) -> dict[str, dict[str, int]]:
@@ -48,7 +47,7 @@ def class_counts_per_fold(arrays: cache_mod.PtbxlArrays) -> dict[str, dict[str, 
     for fold in [*sorted(set(arrays.fold.tolist())), "all"]:
         mask = np.ones_like(arrays.fold, dtype=bool) if fold == "all" else arrays.fold == fold
         labels = arrays.label[mask]
-        row = {name: int((labels == k).sum()) for k, name in enumerate(NAMES)}
+        row = {name: int((labels == k).sum()) for k, name in enumerate(CATEGORY_NAMES)}
         row.update(unlabelled=int((labels < 0).sum()), total=int(mask.sum()))
         out[str(fold)] = row
     return out
@@ -58,7 +57,7 @@ def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[s
     """Per category, how many records each statement puts there (a record with two deciding
     statements counts for both), over the records of ``arrays``; ``table`` is the PTB-XL CSV
     (:func:`model_training.datasets.load_ptbxl_table`) and the rate rules use the cached rates."""
-    out: dict[str, dict[str, int]] = {name: {} for name in NAMES}
+    out: dict[str, dict[str, int]] = {name: {} for name in CATEGORY_NAMES}
     for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist()):
         row = {**table.loc[ecg_id].to_dict(), "heart_rate_bpm": rate}
         codes = deciding_statements(row["scp_codes"], row, arrays.mapping_version)

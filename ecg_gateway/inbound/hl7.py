@@ -31,7 +31,7 @@ from ecg_gateway import composite
 from ecg_gateway.ecg import Demographics, Ecg
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import FS_RANGE, MAX_SAMPLES, parse_ts
-from ecg_gateway.inbound.decode import DICOM, HL7V2, SNIFF_BYTES, decode_message, identify, sniff
+from ecg_gateway.inbound.formats import DICOM, HL7V2, SNIFF_BYTES, decode_document, identify, sniff
 from ecg_gateway.inbound.hl7_tokens import (
     Encoding,
     ErrLocation,
@@ -237,7 +237,7 @@ def _encapsulated(msg: Hl7Message, obx: list[Segment]) -> Ecg | None:
             skipped.append(identify(payload[:SNIFF_BYTES]))
             continue
         try:
-            return decode_message(content_type, payload)
+            return decode_document(content_type, payload)
         except (InvalidEcgError, UndecodableError) as exc:
             embedded = f" ({exc.field})" if isinstance(exc, InvalidEcgError) and exc.field else ""
             raise Hl7ContentError(f"encapsulated ECG: {exc}{embedded}", where) from exc

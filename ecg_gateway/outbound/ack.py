@@ -7,7 +7,8 @@ receivers disagree on AE vs AR (formats.md 5.3) and a retry is cheaper than a lo
 result, so AE retries until ``max_attempts`` and then goes to ``dead`` anyway.
 
 A few lines of splitting instead of hl7apy: an ACK is tiny and only MSA and ERR matter.
-Of the peer's words only MSA-1 (one of the six codes) and an ERR-3 code from HL7 table 0357
+The same reading serves ``send-hl7`` (:func:`summarize_ack`), which shows an installer the
+gateway's own ACK. Of the peer's words only MSA-1 (one of the six codes) and an ERR-3 code from HL7 table 0357
 are kept (issue #29): receivers echo patient data in MSA-2, MSA-3, ERR-3 and ERR-8, so
 anything else the EHR wrote never reaches ``outbound.last_error``, the logs or the admin page.
 """
@@ -57,9 +58,7 @@ def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
     code = _field(msa, 1).upper()
     code = code if code in _CODES else ""
     echoed = _field(msa, 2)
-    err = fields.get("ERR")
-    component = fields["MSH"][0][:1] or "^"  # MSH-2 starts with the component separator
-    code_357 = _field(err, 3).split(component, 1)[0].strip()
+    code_357 = _err3_code(fields)
     detail = (f" (ERR-3 {code_357})" if code_357 in _TABLE_0357 else
               " (ERR-3 not a table 0357 code)" if code_357 else "")
     if echoed != control_id:  # not about our message, whatever it says
@@ -74,15 +73,32 @@ def judge_ack(payload: bytes, control_id: str) -> AckOutcome:
     return AckOutcome(Verdict.RETRY, code, "unknown MSA-1 (not AA/AE/AR/CA/CE/CR)", reconnect=True)
 
 
+def summarize_ack(payload: bytes) -> dict[str, str] | None:
+    """For ``send-hl7``: the MSA segment as received, MSA-1/2/3 and ERR-3's code, or None
+    without an MSA. Only for ACKs from our own gateway: the text is shown, never stored."""
+    fields = _segments(payload)
+    msa = fields.get("MSA")
+    if msa is None:
+        return None
+    return {"msa": fields["MSH"][1].join(msa), "code": _field(msa, 1), "control_id": _field(msa, 2),
+            "text": _field(msa, 3), "error_code": _err3_code(fields)}
+
+
+def _err3_code(fields: dict[str, list[str]]) -> str:
+    """ERR-3's first component (the table 0357 code, if the peer used one)."""
+    component = fields["MSH"][2][:1] or "^"  # MSH-2 starts with the component separator
+    return _field(fields.get("ERR"), 3).split(component, 1)[0].strip()
+
+
 def _segments(payload: bytes) -> dict[str, list[str]]:
     """First MSA and ERR segments split into fields (index = HL7 field number); "MSH" maps
-    to ``[MSH-2]`` (the encoding characters)."""
+    to ``["MSH", MSH-1, MSH-2]`` (the field separator and the encoding characters)."""
     text = payload.decode("utf-8", errors="replace").replace("\n", "\r")
     lines = [line.strip() for line in text.split("\r") if line.strip()]
     if not lines or not lines[0].startswith("MSH") or len(lines[0]) < 8:
         return {}
     sep = lines[0][3]
-    found: dict[str, list[str]] = {"MSH": [lines[0][4:].split(sep, 1)[0]]}
+    found: dict[str, list[str]] = {"MSH": ["MSH", sep, lines[0][4:].split(sep, 1)[0]]}
     for line in lines[1:]:
         name = line[:3]
         if name in ("MSA", "ERR") and name not in found:

@@ -7,12 +7,12 @@ No PHI leaves here: rows are described by ids, control id, state, attempts, the 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ecg_gateway.store.db import iso
 from ecg_gateway.store.models import Outbound, OutboundState, Result
 
 STATES = tuple(s.value for s in OutboundState)
@@ -39,11 +39,7 @@ def _describe(row: Outbound, category: str) -> dict[str, Any]:
         "state": row.state, "category": category, "priority": row.priority,
         "attempts": row.attempts, "max_attempts": row.max_attempts,
         "last_error": None if delivered else row.last_error, "destination": row.destination,
-        "composed": row.payload is not None, "created_at": _iso(row.created_at),
-        "next_attempt_at": _iso(row.run_after) if row.state == "pending" else None,
-        "delivered_at": _iso(row.delivered_at),
+        "composed": row.payload is not None, "created_at": iso(row.created_at),
+        "next_attempt_at": iso(row.run_after) if row.state == "pending" else None,
+        "delivered_at": iso(row.delivered_at),
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, exists, func, select
@@ -18,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ecg_gateway.audit import record_event
 from ecg_gateway.errors import AdminError
-from ecg_gateway.store.db import db_now_plus
+from ecg_gateway.store.db import db_now_plus, iso
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, OutboundState, Result
 
 #: Replays run after live traffic: claims take the lowest priority number first (live = 100).
@@ -40,8 +39,8 @@ def list_jobs(sessions: sessionmaker[Session], state: str | None = None,
     with sessions() as s:
         return [{"id": j.id, "message_id": j.message_id, "kind": j.kind, "state": j.state,
                  "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
-                 "last_error": j.last_error, "created_at": _iso(j.created_at),
-                 "updated_at": _iso(j.updated_at)} for j in s.scalars(stmt)]
+                 "last_error": j.last_error, "created_at": iso(j.created_at),
+                 "updated_at": iso(j.updated_at)} for j in s.scalars(stmt)]
 
 
 def replay(sessions: sessionmaker[Session], message_ids: list[int], *, max_attempts: int,
@@ -153,6 +152,3 @@ def _delete_rows(s: Session, ids: list[int]) -> dict[str, int]:
         counts[key] = cast(CursorResult[Any], done).rowcount
     return counts
 
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None

@@ -7,7 +7,7 @@ pynetdicom's association threads, the MLLP loop and the worker wait instead of f
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,11 @@ def db_now_plus(engine_or_dialect: Engine | str, seconds: float) -> ColumnElemen
 
 
 # --- migrations ---------------------------------------------------------------------------
+
+def iso(value: datetime | None, *, sep: str = "T", timespec: str = "auto") -> str | None:
+    """A stored timestamp for JSON and pages (None stays None)."""
+    return value.isoformat(sep=sep, timespec=timespec) if value is not None else None
+
 
 def migrations_dir() -> Path:
     """The Alembic scripts: the repo's ``migrations/`` or the copy inside the wheel."""

@@ -13,8 +13,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ecg_gateway.store.db import iso
 from ecg_gateway.store.models import (
-    Event, Job, JobState, Message, Outbound, OutboundKind, OutboundState, Result,
+    Event,
+    Job,
+    JobState,
+    Message,
+    Outbound,
+    OutboundKind,
+    OutboundState,
+    Result,
 )
 
 
@@ -101,7 +109,7 @@ def _latest(rows: list[Any]) -> dict[int, Any]:
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat(sep=" ", timespec="milliseconds") if value is not None else None
+    return iso(value, sep=" ", timespec="milliseconds")  # the page's format: to the millisecond
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:

@@ -14,17 +14,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ecg_gateway.ecg import CATEGORY_ORDER, TriageCategory
+from ecg_gateway.ecg import CATEGORY_NAMES, CATEGORY_ORDER, TriageCategory
 from ecg_gateway.evidence import DecisionRule
-
-_NAMES = tuple(c.value for c in CATEGORY_ORDER)
 
 
 def check_thresholds(thresholds: Mapping[str, float]) -> None:
     """Raise ValueError unless every key is a category and every value is in [0, 1]."""
     for name, value in thresholds.items():
-        if name not in _NAMES:
-            raise ValueError(f"threshold for unknown category {name!r}; known: {list(_NAMES)}")
+        if name not in CATEGORY_NAMES:
+            raise ValueError(f"threshold for unknown category {name!r}; known: {list(CATEGORY_NAMES)}")
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"threshold {name}={value} is not a probability")
 
@@ -36,10 +34,10 @@ def decide(probs: np.ndarray, thresholds: Mapping[str, float]) -> TriageCategory
         raise ValueError(f"need {len(CATEGORY_ORDER)} finite probabilities, got {p.tolist()}")
     check_thresholds(thresholds)
     for index in reversed(range(len(CATEGORY_ORDER))):  # most urgent first
-        limit = thresholds.get(_NAMES[index])
+        limit = thresholds.get(CATEGORY_NAMES[index])
         if limit is not None and p[index] >= limit:
             return CATEGORY_ORDER[index]
-    open_ = np.array([name not in thresholds for name in _NAMES])
+    open_ = np.array([name not in thresholds for name in CATEGORY_NAMES])
     if not open_.any():  # every category has a threshold and none was reached: plain argmax
         open_[:] = True
     masked = np.where(open_, p, -np.inf)
@@ -60,7 +58,7 @@ def explain(probs: np.ndarray, thresholds: Mapping[str, float], category: Triage
             flag_budget: float | None = None) -> DecisionRule:
     """Which rule set ``category`` (as :func:`decide` chose it), in words for the impression
     after the category's name, e.g. "p(acute) 0.31 ≥ 0.12, the threshold that flags 10 % of ECGs"."""
-    p = {name: float(v) for name, v in zip(_NAMES, np.asarray(probs, dtype=np.float64), strict=True)}
+    p = {name: float(v) for name, v in zip(CATEGORY_NAMES, np.asarray(probs, dtype=np.float64), strict=True)}
     name = category.value
     limit = thresholds.get(name)
     if limit is not None and p[name] >= limit:

@@ -29,7 +29,7 @@ import numpy as np
 import structlog
 import torch
 
-from ecg_gateway.ecg import CATEGORY_ORDER
+from ecg_gateway.ecg import CATEGORY_NAMES
 from ecg_gateway.errors import CheckpointError
 from ecg_gateway.triage.decide import check_thresholds
 from ecg_gateway.triage.ensemble import WindowedEnsemble, WindowSpec
@@ -43,7 +43,6 @@ log = structlog.get_logger(__name__)
 FORMAT = "ecg-gateway.triage/2"
 FORMATS = ("ecg-gateway.triage/1", FORMAT)
 ARCH = "TriageNet"
-CATEGORY_NAMES: tuple[str, ...] = tuple(c.value for c in CATEGORY_ORDER)
 _PLAIN = (str, int, float, bool, type(None))
 
 

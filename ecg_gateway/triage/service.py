@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ecg_gateway.ecg import CATEGORY_ORDER, UNINTERPRETABLE, Ecg
+from ecg_gateway.ecg import CATEGORY_NAMES, UNINTERPRETABLE, Ecg
 from ecg_gateway.errors import InvalidEcgError
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.measure import measure
@@ -21,7 +21,6 @@ from ecg_gateway.triage.model import StatementVocabulary, TriageModel
 from ecg_gateway.triage.preprocess import preprocess
 from ecg_gateway.triage.quality import QualityReport, assess
 
-CATEGORY_NAMES = tuple(c.value for c in CATEGORY_ORDER)
 #: At most this many statements are reported per ECG (issue #26: the evidence a clinician reads).
 MAX_STATEMENTS = 5
 
