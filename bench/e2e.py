@@ -61,8 +61,8 @@ from bench._gateway import (  # noqa: E402
     Serve,
     StoreClient,
     corpus,
-    log_time,
     cpu_seconds,
+    log_time,
     rss_mb,
     write_config,
 )

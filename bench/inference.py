@@ -40,15 +40,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure, machine_facts, md_table, write_report  # noqa: E402
+from _common import figure, machine_facts, md_table, write_report
 
-from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
-from ecg_gateway.triage.decide import decide  # noqa: E402
-from ecg_gateway.triage.ensemble import WindowedEnsemble  # noqa: E402
-from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
-from ecg_gateway.triage.network import TriageNet  # noqa: E402
-from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu  # noqa: E402
-from ecg_gateway.triage.preprocess import InputContract  # noqa: E402
+from ecg_gateway.ecg import INDEPENDENT_LEADS
+from ecg_gateway.triage.decide import decide
+from ecg_gateway.triage.ensemble import WindowedEnsemble
+from ecg_gateway.triage.model import TriageModel, load_model
+from ecg_gateway.triage.network import TriageNet
+from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu
+from ecg_gateway.triage.preprocess import InputContract
 
 VARIANTS = {"paper": dict(fs=500.0, length=5000), "ptbxl": dict(fs=100.0, length=1000)}
 ANCHOR = "anchor: comparable 1-D ResNet ~100% of ~170 GFLOP/s (fp32 matmul) at batch 32 on this CPU"

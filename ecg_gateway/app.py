@@ -33,7 +33,14 @@ from ecg_gateway.config_check import database_failure
 from ecg_gateway.errors import ConfigError
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
-from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
+from ecg_gateway.store.db import (
+    at_head,
+    is_sqlite,
+    make_engine,
+    make_session_factory,
+    ping,
+    upgrade_to_head,
+)
 from ecg_gateway.store.ingest import Ingestor
 
 if TYPE_CHECKING:

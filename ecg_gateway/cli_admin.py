@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ecg_gateway.cli import (
-    EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE, CliError, Command, _sessions,
+    EX_DATAERR,
+    EX_OK,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    CliError,
+    Command,
+    _sessions,
 )
 from ecg_gateway.config import Config
 

@@ -16,6 +16,7 @@ import json
 import socketserver
 import threading
 from collections.abc import Callable, Iterable
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -59,17 +60,17 @@ class QueueCollector(Collector):
 def _age_seconds(session: Session, first: Any) -> float:
     if first is None:
         return 0.0
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if isinstance(first, str):
         first = datetime.fromisoformat(first)
     if first.tzinfo is None:
-        first = first.replace(tzinfo=timezone.utc)
-    return max(0.0, (datetime.now(timezone.utc) - first).total_seconds())
+        first = first.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - first).total_seconds())
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -37,7 +37,7 @@ from ecg_gateway.outbound.oru import new_control_id
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed, claim, complete, record_event, release, retry_later
 from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
-from ecg_gateway.triage.service import Triager, TriageOutcome
+from ecg_gateway.triage.service import TriageOutcome, Triager
 
 log = structlog.get_logger(__name__)
 

@@ -44,7 +44,7 @@ def v103_dropped_ids(root: Path) -> list[int]:
     return [int(x) for x in ast.literal_eval(match.group(1))]
 
 
-def load_ptbxl_table(root: Path, folds: list[int] | None = None, drop_duplicates: bool = True):  # noqa: ANN201
+def load_ptbxl_table(root: Path, folds: list[int] | None = None, drop_duplicates: bool = True):
     """ptbxl_database.csv as a DataFrame indexed by ecg_id, scp_codes parsed."""
     import pandas as pd
 
@@ -136,7 +136,7 @@ def _read_labels(path: Path, key: str) -> dict[str, TriageCategory]:
     return labels
 
 
-def _decoder():  # noqa: ANN202 - the lead's decoder; imported lazily (lives on main)
+def _decoder():
     from ecg_gateway.inbound import decode
 
     return decode

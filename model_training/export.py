@@ -27,7 +27,12 @@ from model_training.evaluate import (
     predict_ecgs,
     predict_ecgs_full,
 )
-from model_training.labels import DEFAULT_MAPPING, MAPPING_VERSION, deciding_statements, triage_category
+from model_training.labels import (
+    DEFAULT_MAPPING,
+    MAPPING_VERSION,
+    deciding_statements,
+    triage_category,
+)
 from model_training.metrics import auc, bootstrap, macro_auc, overall_c, pdi
 from model_training.policy import (
     ACUTE,
@@ -70,7 +75,7 @@ def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[s
     return {name: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for name, c in out.items()}
 
 
-def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,  # noqa: ANN001
+def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,
                      ) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
     """Triage predictions of one fold (labels of ``arrays``' mapping), its statement
     probabilities and the statements' binary truth (None for an old cache)."""
@@ -81,7 +86,7 @@ def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,
     return Predictions(name, sub.label.astype(np.int64), probs, [str(int(x)) for x in sub.ecg_id]), statements, truth
 
 
-def ptbxl_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str) -> Predictions:  # noqa: ANN001
+def ptbxl_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str) -> Predictions:
     return fold_predictions(model, arrays, fold, name)[0]
 
 
@@ -93,7 +98,7 @@ def relabel(pred: Predictions, arrays: cache_mod.PtbxlArrays, name: str) -> Pred
     return Predictions(name, labels[keep], pred.probs[keep], [k for k, m in zip(pred.keys, keep) if m])
 
 
-def cinc_predictions(model, root: Path, mapping: str = DEFAULT_MAPPING) -> tuple[Predictions, dict[str, Any]]:  # noqa: ANN001
+def cinc_predictions(model, root: Path, mapping: str = DEFAULT_MAPPING) -> tuple[Predictions, dict[str, Any]]:
     ds = CincDataset(root, exclude_ptbxl=True, mapping=mapping)
     items = [ds[i] for i in range(len(ds))]
     kept = [x for x in items if x.label is not None]
@@ -183,7 +188,7 @@ def _evaluate_and_plot(pred: Predictions, thresholds: dict[str, float], n_boot: 
     return res
 
 
-def choose_thresholds(model, val: Predictions, rule: str, budget: float,  # noqa: ANN001
+def choose_thresholds(model, val: Predictions, rule: str, budget: float,
                       target_sensitivity: float) -> tuple[dict[str, float], dict[float, float], str]:
     """The acute threshold from fold 9 (a flag budget, or a sensitivity target), the thresholds
     of every flag budget, and the rule in words."""

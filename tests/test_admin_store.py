@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from ecg_gateway.store.admin import REPLAY_PRIORITY, AdminError, purge, replay, requeue_jobs, requeue_outbound
+from ecg_gateway.store.admin import (
+    REPLAY_PRIORITY,
+    AdminError,
+    purge,
+    replay,
+    requeue_jobs,
+    requeue_outbound,
+)
 from ecg_gateway.store.models import Event, Job, Message, Outbound, Result
 from ecg_gateway.store.overview import dead_letters, destinations, last_delivery_errors, recent_ecgs
 from tests.admin_rows import CANARY, add_ecg

@@ -60,7 +60,7 @@ def test_bf16_request_falls_back_to_float32_without_native_support(monkeypatch: 
 
 
 @needs_bf16
-def test_worker_loads_the_configured_precision_and_reports_it(sessions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_worker_loads_the_configured_precision_and_reports_it(sessions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "model.pt"
     write_tiny_checkpoint(path)
     config = Config(model=ModelConfig(path=str(path), device="cpu", cpu_precision="bfloat16"))

@@ -15,7 +15,13 @@ from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import decode_aecg
 from ecg_gateway.inbound.decode import (
-    SCP, SIERRA, decode_file, decode_message, identify, sniff, sniff_content_type,
+    SCP,
+    SIERRA,
+    decode_file,
+    decode_message,
+    identify,
+    sniff,
+    sniff_content_type,
 )
 from ecg_gateway.inbound.dicom import decode_dicom_bytes
 from ecg_gateway.inbound.scp import decode_scp

@@ -58,7 +58,7 @@ def decode_dicom_bytes(raw: bytes, *, accept_hemodynamic: bool = False) -> Ecg:
     try:
         ds = pydicom.dcmread(BytesIO(raw), force=True)
         ds.SOPClassUID  # noqa: B018 - force parsing of the top-level elements
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
+    except Exception as exc:
         raise UndecodableError(f"not a decodable DICOM object ({type(exc).__name__})") from exc
     return decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
 
@@ -74,7 +74,7 @@ def decode_dataset(ds: Dataset, *, accept_hemodynamic: bool = False) -> Ecg:
         return _decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
     except GatewayError:
         raise
-    except Exception as exc:  # noqa: BLE001 - see docstring
+    except Exception as exc:
         raise UndecodableError(f"dataset cannot be decoded ({type(exc).__name__})") from exc
 
 

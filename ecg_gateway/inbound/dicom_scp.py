@@ -26,8 +26,18 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from ecg_gateway.config import DicomConfig
-from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
-from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset, uid_nonconformance
+from ecg_gateway.errors import (
+    GatewayError,
+    InvalidEcgError,
+    StoreUnavailableError,
+    UndecodableError,
+)
+from ecg_gateway.inbound.dicom import (
+    ECG_SOP_CLASSES,
+    HEMODYNAMIC,
+    decode_dataset,
+    uid_nonconformance,
+)
 from ecg_gateway.inbound.dicom_slots import DicomSlots
 from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
 from ecg_gateway.security import server_context
@@ -103,7 +113,7 @@ class StoreHandler:
         event.assoc._ecg_busy = True  # a message in progress: never evicted at the cap
         try:
             answer = self._store(event, peer)
-        except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
+        except Exception:
             log.exception("c_store_internal_error", peer=peer)
             answer = _status(PROCESSING_FAILURE, "internal error")
         finally:

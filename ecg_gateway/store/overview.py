@@ -14,7 +14,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ecg_gateway.store.models import (
-    Event, Job, JobState, Message, Outbound, OutboundKind, OutboundState, Result,
+    Event,
+    Job,
+    JobState,
+    Message,
+    Outbound,
+    OutboundKind,
+    OutboundState,
+    Result,
 )
 
 
