@@ -127,7 +127,7 @@ def dicom_cart(path: Path) -> Cart:
     ds = pydicom.dcmread(path)
     out: Cart = {}
     items = list(ds.get("WaveformAnnotationSequence", []))
-    for i, item in enumerate(items):
+    for item in items:
         concept = item.get("ConceptNameCodeSequence")
         value = item.get("NumericValue")
         if not concept or value is None:

@@ -202,13 +202,15 @@ class Gateway:
         self._threads.append(thread)
         self._health_sources["worker"] = lambda: {
             "model": {"ok": worker.healthy, **worker.health_detail},
-            "worker_heartbeat": {"ok": time.time() - worker.heartbeat < max(30.0, 3 * self.config.worker.poll_interval_s),
+            "worker_heartbeat": {"ok": time.time() - worker.heartbeat
+                                       < max(30.0, 3 * self.config.worker.poll_interval_s),
                                  "age_s": round(time.time() - worker.heartbeat, 1)},
         }
 
     def _start_sender(self) -> None:
         if not self.config.outbound.host:
-            log.warning("delivery_disabled", reason="no outbound.host configured: results are kept, nothing is delivered")
+            log.warning("delivery_disabled",
+                        reason="no outbound.host configured: results are kept, nothing is delivered")
             return
         from ecg_gateway.inbound.decode import decode_message
         from ecg_gateway.outbound.sender import Sender
@@ -250,7 +252,7 @@ class Gateway:
         checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
         if self.wants("ingest"):
             checks["storage"] = self.ingestor.storage_check()
-        for name, component in self._health_sources.items():
+        for component in self._health_sources.values():
             checks.update(component())
         return checks
 

@@ -70,7 +70,7 @@ def _age_seconds(session: Session, first: Any) -> float:
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
         pass
 
 

@@ -136,7 +136,7 @@ def _read_labels(path: Path, key: str) -> dict[str, TriageCategory]:
     return labels
 
 
-def _decoder():
+def _decoder():  # the lead's decoder; imported lazily
     from ecg_gateway.inbound import decode
 
     return decode

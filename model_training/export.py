@@ -64,7 +64,7 @@ def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[s
     statements counts for both), over the records of ``arrays``; ``table`` is the PTB-XL CSV
     (:func:`model_training.datasets.load_ptbxl_table`) and the rate rules use the cached rates."""
     out: dict[str, dict[str, int]] = {name: {} for name in NAMES}
-    for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist()):
+    for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist(), strict=True):
         row = {**table.loc[ecg_id].to_dict(), "heart_rate_bpm": rate}
         codes = deciding_statements(row["scp_codes"], row, arrays.mapping_version)
         if not codes:
@@ -95,7 +95,7 @@ def relabel(pred: Predictions, arrays: cache_mod.PtbxlArrays, name: str) -> Pred
     index = {int(e): i for i, e in enumerate(arrays.ecg_id)}
     labels = np.array([arrays.label[index[int(k)]] for k in pred.keys], dtype=np.int64)
     keep = labels >= 0
-    return Predictions(name, labels[keep], pred.probs[keep], [k for k, m in zip(pred.keys, keep) if m])
+    return Predictions(name, labels[keep], pred.probs[keep], [k for k, m in zip(pred.keys, keep, strict=True) if m])
 
 
 def cinc_predictions(model, root: Path, mapping: str = DEFAULT_MAPPING) -> tuple[Predictions, dict[str, Any]]:
@@ -196,7 +196,8 @@ def choose_thresholds(model, val: Predictions, rule: str, budget: float,
     if rule == "budget":
         acute, text = budgets[budget], f"flags {budget:.0%} of fold-9 ECGs"
     else:
-        acute, text = acute_threshold(val.labels, val.probs, target_sensitivity, rule), rule_text(rule, target_sensitivity)
+        acute = acute_threshold(val.labels, val.probs, target_sensitivity, rule)
+        text = rule_text(rule, target_sensitivity)
     return {**model.thresholds, ACUTE: acute}, budgets, text
 
 

@@ -46,7 +46,7 @@ def test_bf16_keeps_the_shipped_models_categories_on_ptbxl() -> None:
     c32 = [decide(p, fp32.thresholds) for p in p32]
     c16 = [decide(p, bf16.thresholds) for p in p16]
     assert np.abs(p32 - p16).max() <= 0.01
-    assert np.mean([a == b for a, b in zip(c32, c16)]) >= 0.995
+    assert np.mean([a == b for a, b in zip(c32, c16, strict=True)]) >= 0.995
     assert [a == "acute" for a in c32] == [b == "acute" for b in c16]
     assert not np.array_equal(p32, p16)  # it really ran in bf16
 

@@ -113,7 +113,7 @@ class StoreHandler:
         event.assoc._ecg_busy = True  # a message in progress: never evicted at the cap
         try:
             answer = self._store(event, peer)
-        except Exception:
+        except Exception:  # the protocol edge: never raise into pynetdicom
             log.exception("c_store_internal_error", peer=peer)
             answer = _status(PROCESSING_FAILURE, "internal error")
         finally:
@@ -134,7 +134,8 @@ class StoreHandler:
         except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
             return self._reject(peer, CANNOT_UNDERSTAND, "dataset cannot be decoded", None,
                                 error=type(exc).__name__)
-        uid = sop_instance if len(sop_instance) <= 64 and _UID.fullmatch(sop_instance) else None  # never echo a hostile value
+        # never echo a hostile value
+        uid = sop_instance if len(sop_instance) <= 64 and _UID.fullmatch(sop_instance) else None
         if sop_class != str(event.request.AffectedSOPClassUID) or sop_instance != str(
             event.request.AffectedSOPInstanceUID
         ):
