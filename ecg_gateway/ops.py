@@ -90,12 +90,12 @@ def ops_app(health: HealthCheck, extra_routes: dict[str, Callable[..., Any]] | N
             ready = all(check["ok"] for check in checks.values())
             return _json(start_response, 200 if ready else 503, {"ready": ready, "checks": checks})
         if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
         if path in routes:
             refusal = _foreign_request(environ, hosts)
             if refusal is not None:
                 return _json(start_response, 403 if "Origin" in refusal else 400, {"error": refusal})
-            return routes[path](environ, start_response)  # type: ignore[no-any-return]
+            return routes[path](environ, start_response)
         return _json(start_response, 404, {"error": "not found"})
 
     return app

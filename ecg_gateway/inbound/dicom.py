@@ -12,6 +12,7 @@ import math
 import re
 from datetime import datetime
 from io import BytesIO
+from typing import overload
 
 import numpy as np
 import pydicom
@@ -246,7 +247,11 @@ def _sampling_frequency(group: Dataset, limits: _Limits) -> float:
     return fs
 
 
-def _float(ds: Dataset, keyword: str, default: float | None) -> float | None:  # type: ignore[return]
+@overload
+def _float(ds: Dataset, keyword: str, default: float) -> float: ...
+@overload
+def _float(ds: Dataset, keyword: str, default: None) -> float | None: ...
+def _float(ds: Dataset, keyword: str, default: float | None) -> float | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return default

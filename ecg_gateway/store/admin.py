@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ecg_gateway.errors import GatewayError
 from ecg_gateway.store.db import db_now_plus
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, OutboundState, Result
-from ecg_gateway.store.queue import record_event, requeue
+from ecg_gateway.store.queue import QueueTable, record_event, requeue
 
 #: Replays run after live traffic: claims take the lowest priority number first (live = 100).
 REPLAY_PRIORITY = 200
@@ -73,7 +73,7 @@ def requeue_outbound(sessions: sessionmaker[Session], ids: list[int], *,
     return count
 
 
-def _require_state(s: Session, table: type, ids: list[int], state: str, noun: str) -> None:
+def _require_state(s: Session, table: QueueTable, ids: list[int], state: str, noun: str) -> None:
     found = dict(s.execute(select(table.id, table.state).where(table.id.in_(ids))).all())
     problems = [f"{noun} {i} not found" if i not in found
                 else f"{noun} {i} is {found[i]}, not {state}" for i in ids if found.get(i) != state]

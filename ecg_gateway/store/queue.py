@@ -10,16 +10,19 @@ used up their attempts go to ``dead`` first. Leases use the database clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, true, update
+from sqlalchemy import CursorResult, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ecg_gateway.store.db import db_now, db_now_plus
 from ecg_gateway.store.models import Event, Job, Outbound
 
+#: A claimable table.
+QueueTable = type[Job] | type[Outbound]
+
 #: The states each claimable table uses: (waiting, leased, finished, dead).
-STATES: dict[type, tuple[str, str, str, str]] = {
+STATES: dict[QueueTable, tuple[str, str, str, str]] = {
     Job: ("queued", "running", "done", "dead"),
     Outbound: ("pending", "sending", "delivered", "dead"),
 }
@@ -37,11 +40,11 @@ def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def _ref_column(table: type) -> Any:
+def _ref_column(table: QueueTable) -> Any:
     return Job.message_id if table is Job else Outbound.result_id
 
 
-def claim(session: Session, table: type, limit: int, lease_s: float, kind: str | None = None,
+def claim(session: Session, table: QueueTable, limit: int, lease_s: float, kind: str | None = None,
           isolate_expired: bool = False, ready: Any = None) -> list[Claimed]:
     """Lease up to ``limit`` due rows, highest priority (lowest number) first, oldest first.
 
@@ -84,7 +87,7 @@ def claim(session: Session, table: type, limit: int, lease_s: float, kind: str |
     return sorted(claimed, key=lambda c: c.id)
 
 
-def complete(session: Session, table: type, row_id: int, **values: Any) -> bool:
+def complete(session: Session, table: QueueTable, row_id: int, **values: Any) -> bool:
     """Mark a leased row finished; False if we no longer hold it (lease lost)."""
     _, leased, finished, _ = STATES[table]
     result = session.execute(
@@ -93,10 +96,10 @@ def complete(session: Session, table: type, row_id: int, **values: Any) -> bool:
         .values(state=finished, lease_until=None, **values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return cast(CursorResult[Any], result).rowcount == 1
 
 
-def retry_later(session: Session, table: type, row_id: int, error: str, delay_s: float) -> str:
+def retry_later(session: Session, table: QueueTable, row_id: int, error: str, delay_s: float) -> str:
     """Give a leased row back for a later attempt, or to ``dead`` if attempts are used up.
 
     Returns the new state.
@@ -116,7 +119,7 @@ def retry_later(session: Session, table: type, row_id: int, error: str, delay_s:
     return state
 
 
-def release(session: Session, table: type, claims: list[Claimed], error: str) -> dict[int, str]:
+def release(session: Session, table: QueueTable, claims: list[Claimed], error: str) -> dict[int, str]:
     """Give back rows whose batch failed (issue #29 D4): due at once, not after the lease.
 
     The live claimer knows its batch failed (e.g. the database connection dropped at commit),
@@ -134,12 +137,12 @@ def release(session: Session, table: type, claims: list[Claimed], error: str) ->
             .values(state=state, lease_until=None, last_error=error[:2000], run_after=now)
             .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:
+        if cast(CursorResult[Any], result).rowcount == 1:
             states[c.id] = state
     return states
 
 
-def dead_letter(session: Session, table: type, row_id: int, error: str) -> None:
+def dead_letter(session: Session, table: QueueTable, row_id: int, error: str) -> None:
     _, _, _, dead = STATES[table]
     session.execute(
         update(table).where(table.id == row_id)
@@ -148,7 +151,7 @@ def dead_letter(session: Session, table: type, row_id: int, error: str) -> None:
     )
 
 
-def requeue(session: Session, table: type, row_ids: list[int] | None = None) -> int:
+def requeue(session: Session, table: QueueTable, row_ids: list[int] | None = None) -> int:
     """Operator action: put dead rows (all, or the given ids) back with fresh attempts."""
     waiting, _, _, dead = STATES[table]
     stmt = update(table).where(table.state == dead)
@@ -158,7 +161,7 @@ def requeue(session: Session, table: type, row_ids: list[int] | None = None) -> 
         stmt.values(state=waiting, attempts=0, lease_until=None, run_after=db_now(_dialect(session)))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return cast(CursorResult[Any], result).rowcount
 
 
 def record_event(session: Session, kind: str, **fields: Any) -> None:
