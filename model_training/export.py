@@ -7,7 +7,6 @@ write the shipped checkpoint with metrics in its metadata.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +350,3 @@ def _target(name: str, value: float | None, floor: float, aim: float | None) -> 
         return f"{name}: undefined on this set"
     text = f"{name} {value:.3f}: floor {floor:.2f} {'met' if value >= floor else 'NOT met'}"
     return text + (f", aim {aim:.2f} {'met' if value >= aim else 'not met'}" if aim is not None else "")
-
-
-def dump(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
