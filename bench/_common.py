@@ -77,7 +77,7 @@ def figure(fid: str, name: str, unit: str, ours: Sequence[float], *, anchor: Seq
                               "higher_is_better": higher_is_better, "command": command}
     if anchor is not None:
         record["anchor"] = {"name": anchor_name, **stat(anchor)}
-        ratios = [o / a for o, a in zip(ours, anchor) if a and a == a and o == o]
+        ratios = [o / a for o, a in zip(ours, anchor, strict=False) if a and a == a and o == o]
         record["ratio"] = stat(ratios)
     if goal:
         measured = goal_measured if goal_measured is not None else record["ours"]["median"]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import multiprocessing as mp
@@ -233,10 +234,8 @@ class EhrProcess:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send("stop")
-        except OSError:
-            pass
         self._proc.join(5)
         if self._proc.is_alive():
             self._proc.terminate()

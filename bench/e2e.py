@@ -61,8 +61,8 @@ from bench._gateway import (  # noqa: E402
     Serve,
     StoreClient,
     corpus,
-    log_time,
     cpu_seconds,
+    log_time,
     rss_mb,
     write_config,
 )
@@ -378,7 +378,7 @@ def sustainable_figure(key: str, cfg: str, rates: list[float], anchor: list[floa
     if not anchor:  # dcmtk is not installed: the figure stands alone
         return figure(f"e2e.{key}.sustainable", name, "ECG/s", rates, command="python bench/e2e.py",
                       note="no dcmtk storescp: no anchor")
-    ratios = [o / a for o, a in zip(rates, anchor) if a == a and o == o]
+    ratios = [o / a for o, a in zip(rates, anchor, strict=False) if a == a and o == o]
     measured = statistics.median(ratios) if ratios else float("nan")
     return figure(f"e2e.{key}.sustainable", name, "ECG/s", rates, anchor=anchor,
                   anchor_name="dcmtk storescp storing the same ECGs, same 4 carts",

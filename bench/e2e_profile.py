@@ -26,7 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import figure, md_table, write_report  # noqa: E402
-from bench._gateway import ALL_CATEGORIES, EhrProcess, LogTail, Serve, StoreClient, corpus, write_config  # noqa: E402
+from bench._gateway import (  # noqa: E402
+    ALL_CATEGORIES,
+    EhrProcess,
+    LogTail,
+    Serve,
+    StoreClient,
+    corpus,
+    write_config,
+)
 
 #: (cost name, substrings of a frame), checked in order: the first rule any frame matches wins.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -40,15 +40,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import figure, machine_facts, md_table, write_report  # noqa: E402
+from _common import figure, machine_facts, md_table, write_report
 
-from ecg_gateway.ecg import INDEPENDENT_LEADS  # noqa: E402
-from ecg_gateway.triage.decide import decide  # noqa: E402
-from ecg_gateway.triage.ensemble import WindowedEnsemble  # noqa: E402
-from ecg_gateway.triage.model import TriageModel, load_model  # noqa: E402
-from ecg_gateway.triage.network import TriageNet  # noqa: E402
-from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu  # noqa: E402
-from ecg_gateway.triage.preprocess import InputContract  # noqa: E402
+from ecg_gateway.ecg import INDEPENDENT_LEADS
+from ecg_gateway.triage.decide import decide
+from ecg_gateway.triage.ensemble import WindowedEnsemble
+from ecg_gateway.triage.model import TriageModel, load_model
+from ecg_gateway.triage.network import TriageNet
+from ecg_gateway.triage.optimize import PackedConv, PointwiseConv, optimize_for_cpu
+from ecg_gateway.triage.preprocess import InputContract
 
 VARIANTS = {"paper": dict(fs=500.0, length=5000), "ptbxl": dict(fs=100.0, length=1000)}
 ANCHOR = "anchor: comparable 1-D ResNet ~100% of ~170 GFLOP/s (fp32 matmul) at batch 32 on this CPU"
@@ -227,13 +227,14 @@ def stage_timings(model: TriageModel, eager: torch.nn.Module, batch: int, passes
     seconds = [spent[m] / passes for m in timed[:-2]] + [(spent[final] + spent[head]) / passes]
     flops = stage_flops(model.net, leads, length)
     return [{"stage": name, "ms": sec * 1e3, "gflop": f * batch / 1e9, "gflop_per_s": f * batch / sec / 1e9}
-            for (name, _), sec, f in zip(stages, seconds, flops)]
+            for (name, _), sec, f in zip(stages, seconds, flops, strict=False)]
 
 
 def profile_tables(profile: dict[str, Any], peak: float) -> dict[str, str]:
     ops = md_table(["operator", "ms per batch", "share"],
                    [[o["op"], f"{o['ms']:.2f}", f"{o['share']:.0%}"] for o in profile["ops"]])
-    convs = md_table(["convolution (channels, kernel, length in->out)", "calls", "ms per batch", "GFLOP/s", "of matmul peak"],
+    convs = md_table(["convolution (channels, kernel, length in->out)", "calls", "ms per batch", "GFLOP/s",
+                      "of matmul peak"],
                      [[c["shape"], c["calls"], f"{c['ms']:.2f}", f"{c['gflop_per_s']:.0f}",
                        f"{c['gflop_per_s'] * 1e9 / peak:.0%}"] for c in profile["convs"][:10]])
     stages = md_table(["stage", "ms per batch", "GFLOP per batch", "GFLOP/s", "of matmul peak"],
@@ -283,8 +284,8 @@ def bf16_check(model: TriageModel, n: int, seconds: float, repeats: int, cores: 
     fp32, bf16 = model.predict(x), bf16_model.predict(x)
     fp32_cat = [decide(p, model.thresholds) for p in fp32]
     bf16_cat = [decide(p, model.thresholds) for p in bf16]
-    agree = float(np.mean([a == b for a, b in zip(fp32_cat, bf16_cat)]))
-    acute_flips = sum((a == "acute") != (b == "acute") for a, b in zip(fp32_cat, bf16_cat))
+    agree = float(np.mean([a == b for a, b in zip(fp32_cat, bf16_cat, strict=True)]))
+    acute_flips = sum((a == "acute") != (b == "acute") for a, b in zip(fp32_cat, bf16_cat, strict=True))
     max_diff = float(np.abs(fp32 - bf16).max())
     batch = x[:32]
     rate_bf16 = len(batch) * best_rate(lambda: bf16_model.predict(batch), seconds, repeats, lambda: None)
@@ -319,7 +320,7 @@ def multi_process_rate(args: argparse.Namespace, procs: int, batch: int = 32) ->
     per_proc = [out.get(timeout=600) for _ in workers]
     for w in workers:
         w.join()
-    return [sum(window) for window in zip(*per_proc)]
+    return [sum(window) for window in zip(*per_proc, strict=False)]
 
 
 def main() -> int:
@@ -464,11 +465,13 @@ def _figures(report: dict[str, Any], args: argparse.Namespace, model: TriageMode
     """ECG/s per batch against the matmul ceiling expressed in ECG/s: the ratio is the share
     of the ceiling the network reaches (issue #4's goal: >= 75 % at batch 32 on CPU)."""
     flops, peak = report["flops_per_ecg"], report["matmul_peak_flops"]
-    cmd = f"python bench/inference.py --device {args.device}" + (f" --threads {args.threads}" if args.threads else "")
+    cmd = f"python bench/inference.py --device {args.device}"
+    cmd += f" --threads {args.threads}" if args.threads else ""
     cmd += f" --cores {args.cores}" if args.cores else ""
     lanes = model.lanes if report["device"] == "cpu" and not args.threads else 0
     tag = f"l{lanes}" if lanes else f"t{threads}"
-    where = f"{report['device']}, {lanes} single-threaded lane(s)" if lanes else f"{report['device']}, {threads} thread(s)"
+    where = (f"{report['device']}, {lanes} single-threaded lane(s)" if lanes
+             else f"{report['device']}, {threads} thread(s)")
     figures = []
     for row in report["rows"]:
         goal = met = value = None

@@ -26,12 +26,11 @@ from pathlib import Path
 from xml.etree.ElementTree import Element
 
 import defusedxml.ElementTree as ET
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ecg_gateway.ecg import Ecg  # noqa: E402
-from ecg_gateway.inbound.decode import decode_file  # noqa: E402
-from ecg_gateway.measure import measure  # noqa: E402
+from ecg_gateway.ecg import Ecg
+from ecg_gateway.inbound.decode import decode_file
+from ecg_gateway.measure import measure
 
 DATA = Path(os.environ.get("ECG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 COST_ANCHOR_MS = 20.0
@@ -128,7 +127,7 @@ def dicom_cart(path: Path) -> Cart:
     ds = pydicom.dcmread(path)
     out: Cart = {}
     items = list(ds.get("WaveformAnnotationSequence", []))
-    for i, item in enumerate(items):
+    for item in items:
         concept = item.get("ConceptNameCodeSequence")
         value = item.get("NumericValue")
         if not concept or value is None:

@@ -38,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench._common import write_report  # noqa: E402
+
 SHARED = Path(os.environ.get("ECG_SHARED_DATA", REPO.parent / "shared" / "data"))
 ID_WIDTH = 16  # fixed-width control ids keep every copy of a message the same size
 

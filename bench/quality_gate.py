@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ecg_gateway.ecg import Ecg  # noqa: E402
-from ecg_gateway.triage.quality import assess  # noqa: E402
+from ecg_gateway.ecg import Ecg
+from ecg_gateway.triage.quality import assess
 
 DATA = Path(os.environ.get("ECG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 LEAD_NAMES = {"AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}

@@ -175,7 +175,8 @@ def measure_rows(url: str, claims: int, accepts: int, raws: list[bytes]) -> dict
     accept_s = []
     for i in range(accepts + claims):
         t0 = time.perf_counter()
-        ingestor.accept(InboundMessage(source="dicom", idempotency_key=f"dicom:bench.{tag}.{i}", raw=raws[i % len(raws)],
+        ingestor.accept(InboundMessage(source="dicom", idempotency_key=f"dicom:bench.{tag}.{i}",
+                                       raw=raws[i % len(raws)],
                                        content_type="application/dicom", peer="BENCH@127.0.0.1:1",
                                        ecg_uid=f"bench.{tag}.{i}", identifiers={}))
         accept_s.append(time.perf_counter() - t0)

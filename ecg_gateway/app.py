@@ -37,10 +37,24 @@ from ecg_gateway.audit import local_actor
 from ecg_gateway.config import Config, redacted_dump
 from ecg_gateway.config_check import check as check_config
 from ecg_gateway.config_check import database_failure
-from ecg_gateway.errors import EX_CONFIG, EX_FORCED_EXIT, EX_OK, EX_UNAVAILABLE, ConfigError, StartupError
+from ecg_gateway.errors import (
+    EX_CONFIG,
+    EX_FORCED_EXIT,
+    EX_OK,
+    EX_UNAVAILABLE,
+    ConfigError,
+    StartupError,
+)
 from ecg_gateway.gcfreeze import freeze_heap
 from ecg_gateway.security import root_refusal
-from ecg_gateway.store.db import at_head, is_sqlite, make_engine, make_session_factory, ping, upgrade_to_head
+from ecg_gateway.store.db import (
+    at_head,
+    is_sqlite,
+    make_engine,
+    make_session_factory,
+    ping,
+    upgrade_to_head,
+)
 from ecg_gateway.store.ingest import Ingestor
 
 if TYPE_CHECKING:
@@ -230,13 +244,15 @@ class Gateway:
         self._threads.append(thread)
         self._health_sources["worker"] = lambda: {
             "model": {"ok": worker.healthy, **worker.health_detail},
-            "worker_heartbeat": {"ok": time.time() - worker.heartbeat < max(30.0, 3 * self.config.worker.poll_interval_s),
+            "worker_heartbeat": {"ok": time.time() - worker.heartbeat
+                                       < max(30.0, 3 * self.config.worker.poll_interval_s),
                                  "age_s": round(time.time() - worker.heartbeat, 1)},
         }
 
     def _start_sender(self) -> None:
         if not self.config.outbound.host:
-            log.warning("delivery_disabled", reason="no outbound.host configured: results are kept, nothing is delivered")
+            log.warning("delivery_disabled",
+                        reason="no outbound.host configured: results are kept, nothing is delivered")
             return
         from ecg_gateway.outbound.sender import Sender
 
@@ -277,7 +293,7 @@ class Gateway:
         checks["listeners"] = {"ok": all(listeners[k] for k, want in expected.items() if want), "bound": self.bound}
         if self.wants("ingest"):
             checks["storage"] = self.ingestor.storage_check()
-        for name, component in self._health_sources.items():
+        for component in self._health_sources.values():
             checks.update(component())
         return checks
 

@@ -31,7 +31,14 @@ def register(sub: Subparsers) -> None:
 
 @db_errors
 def cmd_audit(args: argparse.Namespace, config: Config) -> int:
-    from ecg_gateway.audit import DICOM_AUDIT, export, local_actor, parse_time, query_events, record_event
+    from ecg_gateway.audit import (
+        DICOM_AUDIT,
+        export,
+        local_actor,
+        parse_time,
+        query_events,
+        record_event,
+    )
 
     if args.codes:
         for kind, mapping in sorted(DICOM_AUDIT.items()):

@@ -66,7 +66,8 @@ class Hl7Config(Section):
                                    "closes the connection (a peer that never reads must not hold a slot)")
     max_connections: int = Field(64, ge=1,
                                  description="at the cap a new connection evicts the longest-idle one")
-    max_connections_per_ip: int = Field(8, ge=1, description="idle sockets from one address must not exhaust max_connections")
+    max_connections_per_ip: int = Field(
+        8, ge=1, description="idle sockets from one address must not exhaust max_connections")
     decode_threads: int = Field(2, ge=1, le=64, description="threads that decode and commit messages; more than 2 "
                                 "only add GIL contention (bench/mllp.py)")
     tls_cert_file: str | None = Field(None, description="PEM certificate: set it (and the key) to require TLS (>= 1.2)")
@@ -136,7 +137,8 @@ class ModelConfig(Section):
                     "on PTB-XL fold 9 (the card lists 0.05, 0.1, 0.15, 0.2); null = the checkpoint's default")
     acute_threshold: float | None = Field(
         None, ge=0.0, le=1.0,
-        description="explicit acute threshold, overrides acute_flag_budget (null = by budget; see the model card's operating points)")
+        description="explicit acute threshold, overrides acute_flag_budget "
+                    "(null = by budget; see the model card's operating points)")
     batch_size: int = Field(32, ge=1, le=4096)
     cpu_precision: Literal["float32", "bfloat16"] = Field(
         "float32", description="CPU inference precision; bfloat16 is ~1.6x faster where the CPU has it "
@@ -241,7 +243,7 @@ def _url_password(url: str) -> str | None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).password  # type: ignore[return-value]
+        return make_url(url).password
     except ArgumentError:
         return None
 

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 #: Keys that may carry patient identifiers: their values are keyed-hashed.
 PHI_KEYS = frozenset({
@@ -87,7 +88,7 @@ def scrub_exceptions(_logger: Any, _method: str, event: dict[str, Any]) -> dict[
 _WARNING = re.compile(r"^(?P<where>.+?:\d+): (?P<category>\w+): ")
 
 
-def scrub_foreign(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def scrub_foreign(_logger: Any, _method: str, event: EventDict) -> EventDict:
     """Stdlib records from libraries that parse patient data: keep no free text."""
     record: logging.LogRecord | None = event.get("_record")
     args = event.pop("positional_args", None)

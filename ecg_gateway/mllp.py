@@ -10,6 +10,7 @@ The same decoder reads ACKs in :class:`MllpClient`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -343,10 +344,8 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
-    try:
+    with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
         await asyncio.wait_for(writer.wait_closed(), 5.0)
-    except (OSError, TimeoutError, ssl.SSLError):
-        pass
 
 
 #: Does this ACK frame answer the message just sent? (False: a late or duplicate ACK of an

@@ -16,6 +16,7 @@ import json
 import socketserver
 import threading
 from collections.abc import Callable, Iterable
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -57,17 +58,17 @@ class QueueCollector(Collector):
 def _age_seconds(session: Session, first: Any) -> float:
     if first is None:
         return 0.0
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if isinstance(first, str):
         first = datetime.fromisoformat(first)
     if first.tzinfo is None:
-        first = first.replace(tzinfo=timezone.utc)
-    return max(0.0, (datetime.now(timezone.utc) - first).total_seconds())
+        first = first.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - first).total_seconds())
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # stdlib signature
         pass
 
 
@@ -87,12 +88,12 @@ def ops_app(health: HealthCheck, extra_routes: dict[str, Callable[..., Any]] | N
             ready = all(check["ok"] for check in checks.values())
             return _json(start_response, 200 if ready else 503, {"ready": ready, "checks": checks})
         if path == "/metrics":
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
         if path in routes:
             refusal = _foreign_request(environ, hosts)
             if refusal is not None:
                 return _json(start_response, 403 if "Origin" in refusal else 400, {"error": refusal})
-            return routes[path](environ, start_response)  # type: ignore[no-any-return]
+            return routes[path](environ, start_response)
         return _json(start_response, 404, {"error": "not found"})
 
     return app

@@ -22,6 +22,7 @@ import ssl
 
 from ecg_gateway.config import Config
 
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -39,7 +39,7 @@ from ecg_gateway.store import queue
 from ecg_gateway.store.models import Message, Outbound, Result
 from ecg_gateway.store.queue import Claimed
 from ecg_gateway.triage.model import TriageModel, load_model, set_operating_point
-from ecg_gateway.triage.service import Triager, TriageOutcome
+from ecg_gateway.triage.service import TriageOutcome, Triager
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +144,8 @@ class Worker:
         detail = {"model_id": model.model_id, "sha256": model.sha256, "placeholder": model.placeholder,
                   "thresholds": dict(model.thresholds), "acute_flag_budget": model.acute_budget,
                   "statements": model.n_statements, "members": len(model.members),
-                  "device": str(model.device), "precision": model.precision, "fs": model.contract.fs, "length": model.contract.length,
+                  "device": str(model.device), "precision": model.precision,
+                  "fs": model.contract.fs, "length": model.contract.length,
                   "leads": list(model.contract.leads)}
         MODEL_INFO.info({k: str(v) for k, v in detail.items() if k in ("model_id", "sha256", "placeholder",
                                                                        "device")})

@@ -10,9 +10,10 @@ import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-with atheris.instrument_imports(include=["ecg_gateway", "pydicom"]):
-    import ecg_gateway.inbound.dicom  # noqa: F401 - instrumented for coverage
-    import pydicom  # noqa: F401 - instrumented for coverage
+with atheris.instrument_imports(include=["ecg_gateway", "pydicom"]):  # imported only to be instrumented
+    import pydicom
+
+    import ecg_gateway.inbound.dicom
     from fuzz.targets import dicom as TestOneInput
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Used by the atheris harnesses (``fuzz/fuzz_*.py``) and by tests/test_fuzz_harnes
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
@@ -57,10 +58,8 @@ def dicom(data: bytes) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
+        with contextlib.suppress(UndecodableError, InvalidEcgError):
             decode_dicom_bytes(data, accept_hemodynamic=True)
-        except (UndecodableError, InvalidEcgError):
-            pass
 
 
 TARGETS = {"mllp": mllp, "hl7": hl7, "dicom": dicom}

@@ -31,7 +31,7 @@ def model_limitations(evaluation: dict[str, Any], threshold: float, rule_text: s
     sens = _num(fold10.get("sensitivity", {}).get("value"))
     ppv = _num(fold10.get("ppv", {}).get("value"))
     c_by_class = {name: _num(c) for name, c in
-                  zip(("normal", "abnormal_not_acute", "subacute", "acute"), test["c"]["value"])}
+                  zip(("normal", "abnormal_not_acute", "subacute", "acute"), test["c"]["value"], strict=False)}
     known = {name: c for name, c in c_by_class.items() if not math.isnan(c)}
     overall = _num(test["overall_c"]["value"][0])
     weakest = (f"; the weakest category is {min(known, key=known.get)} (c {min(known.values()):.2f})"
@@ -135,7 +135,8 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             f"{training.get('aux_weight', 0.3)}, "
             + (f"multi-label SCP-statement head on the main head's hidden layer "
                f"({training['statement_weight']} × mean BCE over the 71 statements, likelihood-aware "
-               "targets: likelihood / 100, 1 where no likelihood is given), " if training.get("statement_weight") else "")
+               "targets: likelihood / 100, 1 where no likelihood is given), "
+               if training.get("statement_weight") else "")
             + f"{training.get('optimizer', 'adam')} "
             f"(weight decay {training.get('weight_decay', 1e-4)}), batch "
             f"{training.get('batch_size')}, {_schedule_text(training)}, {training.get('epochs')} epochs, "

@@ -23,7 +23,7 @@ def _folds(text: str) -> list[int]:
     return out
 
 
-def _load_or_build(args: argparse.Namespace):  # noqa: ANN202
+def _load_or_build(args: argparse.Namespace):
     from model_training import cache
 
     paths = [Path(p) for p in args.cache]

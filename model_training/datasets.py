@@ -3,7 +3,6 @@
 * :class:`PtbxlDataset`: PTB-XL via WFDB (v1.0.1 content minus the 38 duplicates that
   v1.0.2 removed), triage labels from :mod:`model_training.labels`.
 * :class:`CincDataset`: the CinC 2021 sample (external test only), SNOMED labels.
-* :class:`FolderDataset`: a folder of DICOM/HL7/aECG files + ``labels.csv`` (file,category).
 * :class:`DbExportDataset`: the gateway's own database (messages + results) + a CSV of
   clinician labels keyed by message id (message_id,category).
 """
@@ -17,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ecg_gateway.ecg import Ecg, TriageCategory
 from ecg_gateway.inbound.wfdb import header_comments, read_wfdb
@@ -44,7 +41,7 @@ def v103_dropped_ids(root: Path) -> list[int]:
     return [int(x) for x in ast.literal_eval(match.group(1))]
 
 
-def load_ptbxl_table(root: Path, folds: list[int] | None = None, drop_duplicates: bool = True):  # noqa: ANN201
+def load_ptbxl_table(root: Path, folds: list[int] | None = None, drop_duplicates: bool = True):
     """ptbxl_database.csv as a DataFrame indexed by ecg_id, scp_codes parsed."""
     import pandas as pd
 
@@ -136,30 +133,10 @@ def _read_labels(path: Path, key: str) -> dict[str, TriageCategory]:
     return labels
 
 
-def _decoder():  # noqa: ANN202 - the lead's decoder; imported lazily (lives on main)
+def _decoder():  # the lead's decoder; imported lazily
     from ecg_gateway.inbound import decode
 
     return decode
-
-
-class FolderDataset:
-    """Files listed in ``labels_csv`` (columns file,category), decoded by the gateway's decoders."""
-
-    def __init__(self, folder: str | Path, labels_csv: str | Path | None = None) -> None:
-        self.folder = Path(folder)
-        self.labels = _read_labels(Path(labels_csv or self.folder / "labels.csv"), "file")
-        self.files = sorted(self.labels)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> LabeledEcg:
-        name = self.files[i]
-        ecg = _decoder().decode_file(self.folder / name)
-        return LabeledEcg(ecg, self.labels[name], name, {"source": "folder"})
-
-    def __iter__(self) -> Iterator[LabeledEcg]:
-        return (self[i] for i in range(len(self)))
 
 
 class DbExportDataset:
@@ -220,10 +197,3 @@ def _decode_raw(raw: bytes, source: str, content_type: str) -> Ecg:
         path = Path(tmp) / f"message{suffix}"
         path.write_bytes(raw)
         return decode.decode_file(path)
-
-
-def labels_array(items: list[LabeledEcg]) -> np.ndarray:
-    """Category indices (CATEGORY_ORDER) with -1 for unlabelled records."""
-    from ecg_gateway.ecg import CATEGORY_ORDER
-
-    return np.array([CATEGORY_ORDER.index(x.label) if x.label is not None else -1 for x in items])

@@ -7,7 +7,6 @@ write the shipped checkpoint with metrics in its metadata.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,12 @@ from model_training.evaluate import (
     predict_ecgs,
     predict_ecgs_full,
 )
-from model_training.labels import DEFAULT_MAPPING, MAPPING_VERSION, deciding_statements, triage_category
+from model_training.labels import (
+    DEFAULT_MAPPING,
+    MAPPING_VERSION,
+    deciding_statements,
+    triage_category,
+)
 from model_training.metrics import auc, bootstrap, macro_auc, overall_c, pdi
 from model_training.policy import (
     ACUTE,
@@ -58,7 +62,7 @@ def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[s
     statements counts for both), over the records of ``arrays``; ``table`` is the PTB-XL CSV
     (:func:`model_training.datasets.load_ptbxl_table`) and the rate rules use the cached rates."""
     out: dict[str, dict[str, int]] = {name: {} for name in CATEGORY_NAMES}
-    for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist()):
+    for ecg_id, rate in zip(arrays.ecg_id.tolist(), arrays.heart_rate.tolist(), strict=True):
         row = {**table.loc[ecg_id].to_dict(), "heart_rate_bpm": rate}
         codes = deciding_statements(row["scp_codes"], row, arrays.mapping_version)
         if not codes:
@@ -69,7 +73,7 @@ def label_sources(table: Any, arrays: cache_mod.PtbxlArrays) -> dict[str, dict[s
     return {name: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))) for name, c in out.items()}
 
 
-def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,  # noqa: ANN001
+def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,
                      ) -> tuple[Predictions, np.ndarray, np.ndarray | None]:
     """Triage predictions of one fold (labels of ``arrays``' mapping), its statement
     probabilities and the statements' binary truth (None for an old cache)."""
@@ -80,7 +84,7 @@ def fold_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str,
     return Predictions(name, sub.label.astype(np.int64), probs, [str(int(x)) for x in sub.ecg_id]), statements, truth
 
 
-def ptbxl_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str) -> Predictions:  # noqa: ANN001
+def ptbxl_predictions(model, arrays: cache_mod.PtbxlArrays, fold: int, name: str) -> Predictions:
     return fold_predictions(model, arrays, fold, name)[0]
 
 
@@ -89,10 +93,10 @@ def relabel(pred: Predictions, arrays: cache_mod.PtbxlArrays, name: str) -> Pred
     index = {int(e): i for i, e in enumerate(arrays.ecg_id)}
     labels = np.array([arrays.label[index[int(k)]] for k in pred.keys], dtype=np.int64)
     keep = labels >= 0
-    return Predictions(name, labels[keep], pred.probs[keep], [k for k, m in zip(pred.keys, keep) if m])
+    return Predictions(name, labels[keep], pred.probs[keep], [k for k, m in zip(pred.keys, keep, strict=True) if m])
 
 
-def cinc_predictions(model, root: Path, mapping: str = DEFAULT_MAPPING) -> tuple[Predictions, dict[str, Any]]:  # noqa: ANN001
+def cinc_predictions(model, root: Path, mapping: str = DEFAULT_MAPPING) -> tuple[Predictions, dict[str, Any]]:
     ds = CincDataset(root, exclude_ptbxl=True, mapping=mapping)
     items = [ds[i] for i in range(len(ds))]
     kept = [x for x in items if x.label is not None]
@@ -182,7 +186,7 @@ def _evaluate_and_plot(pred: Predictions, thresholds: dict[str, float], n_boot: 
     return res
 
 
-def choose_thresholds(model, val: Predictions, rule: str, budget: float,  # noqa: ANN001
+def choose_thresholds(model, val: Predictions, rule: str, budget: float,
                       target_sensitivity: float) -> tuple[dict[str, float], dict[float, float], str]:
     """The acute threshold from fold 9 (a flag budget, or a sensitivity target), the thresholds
     of every flag budget, and the rule in words."""
@@ -190,7 +194,8 @@ def choose_thresholds(model, val: Predictions, rule: str, budget: float,  # noqa
     if rule == "budget":
         acute, text = budgets[budget], f"flags {budget:.0%} of fold-9 ECGs"
     else:
-        acute, text = acute_threshold(val.labels, val.probs, target_sensitivity, rule), rule_text(rule, target_sensitivity)
+        acute = acute_threshold(val.labels, val.probs, target_sensitivity, rule)
+        text = rule_text(rule, target_sensitivity)
     return {**model.thresholds, ACUTE: acute}, budgets, text
 
 
@@ -344,7 +349,3 @@ def _target(name: str, value: float | None, floor: float, aim: float | None) -> 
         return f"{name}: undefined on this set"
     text = f"{name} {value:.3f}: floor {floor:.2f} {'met' if value >= floor else 'NOT met'}"
     return text + (f", aim {aim:.2f} {'met' if value >= aim else 'not met'}" if aim is not None else "")
-
-
-def dump(obj: Any, path: Path) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

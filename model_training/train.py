@@ -40,7 +40,7 @@ from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.optimize import bf16_supported
 from ecg_gateway.triage.preprocess import InputContract, preprocess
 from model_training.cache import PtbxlArrays
-from model_training.labels import get_mapping, statement_vocabulary
+from model_training.labels import statement_vocabulary
 from model_training.metrics import macro_auc, overall_c, pdi
 from model_training.policy import ACUTE, FLAG_BUDGETS, budget_threshold, statement_thresholds
 
@@ -181,7 +181,7 @@ def predict_probs(net: TriageNet, x: Tensor, windows: WindowSpec | None = None) 
     return predict_all(net, x, windows)[:, :K]
 
 
-def _autocast(device: torch.device, cpu_bf16: bool = False):  # noqa: ANN202
+def _autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast on CUDA; on CPU only when asked for (``--cpu-bf16``): with AMX a training
     step ran ~1.3x faster than float32 (decisions.md 30); elsewhere emulated bf16 is slower,
     so it is refused there."""
@@ -366,7 +366,7 @@ def _statement_targets(tr: PtbxlArrays, cfg: TrainConfig, device: torch.device) 
     return torch.from_numpy(targets).to(device)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):  # noqa: ANN202
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     if cfg.schedule == "onecycle":  # fastai's fit_one_cycle, as the PTB-XL benchmark trains
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.3,
                                                    total_steps=max(2, cfg.epochs * steps_per_epoch))

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import func, select
 
 from ecg_gateway.store.admin import REPLAY_PRIORITY, AdminError, purge, replay
-from ecg_gateway.store.queue import requeue_jobs, retry_outbound
 from ecg_gateway.store.models import Event, Job, Message, Outbound, Result
 from ecg_gateway.store.overview import dead_letters, destinations, last_delivery_errors, recent_ecgs
+from ecg_gateway.store.queue import requeue_jobs, retry_outbound
 from tests.admin_rows import CANARY, add_ecg
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import shared_data
 from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.aecg import decode_aecg
 from ecg_gateway.inbound.decode import AECG, decode_message, sniff_content_type
 from ecg_gateway.inbound.dicom import decode_dicom_bytes
+from tests.conftest import shared_data
 
 EXAMPLE = "hl7_2003-12_Example_aECG.xml"
 

@@ -24,13 +24,11 @@ def test_events_are_append_only_in_the_database(sessions, db_url: str) -> None: 
     with sessions.begin() as s:
         record_event(s, "received", message_id=1, peer="CART1", detail={"sha256": "ab"})
     for statement in (update(Event).values(kind="tampered"), delete(Event)):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with sessions.begin() as s:
-                s.execute(statement)
+        with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as s:
+            s.execute(statement)
     if db_url.startswith("postgresql"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with sessions.begin() as s:
-                s.execute(text("TRUNCATE events"))
+        with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as s:
+            s.execute(text("TRUNCATE events"))
     with sessions() as s:
         assert [(e.kind, e.detail) for e in s.scalars(select(Event))] == [("received", {"sha256": "ab"})]
 

@@ -46,7 +46,7 @@ def test_bf16_keeps_the_shipped_models_categories_on_ptbxl() -> None:
     c32 = [decide(p, fp32.thresholds) for p in p32]
     c16 = [decide(p, bf16.thresholds) for p in p16]
     assert np.abs(p32 - p16).max() <= 0.01
-    assert np.mean([a == b for a, b in zip(c32, c16)]) >= 0.995
+    assert np.mean([a == b for a, b in zip(c32, c16, strict=True)]) >= 0.995
     assert [a == "acute" for a in c32] == [b == "acute" for b in c16]
     assert not np.array_equal(p32, p16)  # it really ran in bf16
 
@@ -60,7 +60,7 @@ def test_bf16_request_falls_back_to_float32_without_native_support(monkeypatch: 
 
 
 @needs_bf16
-def test_worker_loads_the_configured_precision_and_reports_it(sessions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+def test_worker_loads_the_configured_precision_and_reports_it(sessions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "model.pt"
     write_tiny_checkpoint(path)
     config = Config(model=ModelConfig(path=str(path), device="cpu", cpu_precision="bfloat16"))

@@ -11,7 +11,12 @@ import torch
 from ecg_gateway.ecg import INDEPENDENT_LEADS
 from ecg_gateway.errors import CheckpointError
 from ecg_gateway.triage.ensemble import WindowedEnsemble, WindowSpec
-from ecg_gateway.triage.model import StatementVocabulary, load_model, save_checkpoint, set_operating_point
+from ecg_gateway.triage.model import (
+    StatementVocabulary,
+    load_model,
+    save_checkpoint,
+    set_operating_point,
+)
 from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.preprocess import InputContract
 from ecg_gateway.triage.service import MAX_STATEMENTS, Triager, select_statements

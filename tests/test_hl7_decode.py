@@ -6,17 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.hl7_builders import (
-    cinc_record,
-    ed_oru,
-    msh,
-    patient_segments,
-    ptbxl_record,
-    waveform_oru,
-    waveform_segments,
-)
 
-from tests.conftest import shared_data
 from ecg_gateway import composite
 from ecg_gateway.ecg import Ecg
 from ecg_gateway.errors import InvalidEcgError
@@ -33,6 +23,16 @@ from ecg_gateway.inbound.hl7_tokens import (
     unescape,
 )
 from ecg_gateway.inbound.muse import decode_muse
+from tests.conftest import shared_data
+from tests.hl7_builders import (
+    cinc_record,
+    ed_oru,
+    msh,
+    patient_segments,
+    ptbxl_record,
+    waveform_oru,
+    waveform_segments,
+)
 
 PTBXL = ("ptbxl", "records100", "00000", "00001_lr.hea")
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -449,7 +449,7 @@ async def test_t14_no_phi_in_log_events(sqlite_gateway: Gateway, record) -> None
 
 # --- ACK builder: equal to hl7apy's, valid under its strict validation -----------------------------
 
-NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def hl7apy_ack(code: str, header, text: str, error: AckError | None) -> str:  # type: ignore[no-untyped-def]

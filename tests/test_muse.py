@@ -8,11 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import shared_data
 from ecg_gateway.ecg import STANDARD_LEADS
 from ecg_gateway.errors import InvalidEcgError, UndecodableError
 from ecg_gateway.inbound.decode import MUSE, decode_message, sniff_content_type
 from ecg_gateway.inbound.muse import decode_muse
+from tests.conftest import shared_data
 
 FILES = ["MUSE_20200923_093504_79000_example.xml", "easyRecg_muse_ecg1.xml",
          "easyRecg_muse_ecg2.xml", "easyRecg_muse_ecg3.xml", "musePHI_muse_ecg1.xml"]

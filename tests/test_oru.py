@@ -17,12 +17,11 @@ from hl7apy.parser import parse_message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecg_gateway.config import OutboundConfig
 from ecg_gateway import composite
+from ecg_gateway.config import OutboundConfig
 from ecg_gateway.ecg import Demographics
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.inbound.hl7 import decode_hl7
-from tests.hl7_builders import waveform_oru
 from ecg_gateway.outbound.oru import (
     ComposeError,
     MessageView,
@@ -31,6 +30,7 @@ from ecg_gateway.outbound.oru import (
     dicom_pn_to_xpn,
     escape,
 )
+from tests.hl7_builders import waveform_oru
 
 NOW = datetime(2025, 1, 1, 12, 0, 5, tzinfo=UTC)
 ACQUIRED = datetime(2025, 1, 1, 11, 58, 0)  # cart local time, no zone (as DICOM sends it)

@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import func, select
 
-from ecg_gateway.store.ingest import Ingestor, IngestOutcome, InboundMessage
+from ecg_gateway.store.ingest import InboundMessage, Ingestor, IngestOutcome
 from ecg_gateway.store.models import Event, Job, Message
 from ecg_gateway.store.queue import claim, complete, requeue, retry_later
 

@@ -12,6 +12,7 @@ import math
 import re
 from datetime import datetime
 from io import BytesIO
+from typing import overload
 
 import numpy as np
 import pydicom
@@ -58,7 +59,7 @@ def decode_dicom_bytes(raw: bytes, *, accept_hemodynamic: bool = False) -> Ecg:
     try:
         ds = pydicom.dcmread(BytesIO(raw), force=True)
         ds.SOPClassUID  # noqa: B018 - force parsing of the top-level elements
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed input
+    except Exception as exc:  # pydicom raises many types on malformed input
         raise UndecodableError(f"not a decodable DICOM object ({type(exc).__name__})") from exc
     return decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
 
@@ -74,7 +75,7 @@ def decode_dataset(ds: Dataset, *, accept_hemodynamic: bool = False) -> Ecg:
         return _decode_dataset(ds, accept_hemodynamic=accept_hemodynamic)
     except GatewayError:
         raise
-    except Exception as exc:  # noqa: BLE001 - see docstring
+    except Exception as exc:  # see docstring
         raise UndecodableError(f"dataset cannot be decoded ({type(exc).__name__})") from exc
 
 
@@ -104,11 +105,11 @@ def is_truncated(ds: Dataset) -> bool:
     pydicom silently accepts a dataset cut short mid-value; a cart that died mid-send must
     get "cannot understand", not a waveform complaint.
     """
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
         elem = ds.get_item(tag)
-        if isinstance(elem, RawDataElement) and elem.value is not None and elem.length != UNDEFINED_LENGTH:
-            if len(elem.value) < elem.length:
-                return True
+        if (isinstance(elem, RawDataElement) and elem.value is not None
+                and elem.length != UNDEFINED_LENGTH and len(elem.value) < elem.length):
+            return True
     return False
 
 
@@ -246,7 +247,11 @@ def _sampling_frequency(group: Dataset, limits: _Limits) -> float:
     return fs
 
 
-def _float(ds: Dataset, keyword: str, default: float | None) -> float | None:  # type: ignore[return]
+@overload
+def _float(ds: Dataset, keyword: str, default: float) -> float: ...
+@overload
+def _float(ds: Dataset, keyword: str, default: None) -> float | None: ...
+def _float(ds: Dataset, keyword: str, default: float | None) -> float | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return default

@@ -15,19 +15,31 @@ import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from ecg_gateway.config import DicomConfig
-from ecg_gateway.errors import GatewayError, InvalidEcgError, StoreUnavailableError, UndecodableError
-from ecg_gateway.inbound.dicom import ECG_SOP_CLASSES, HEMODYNAMIC, decode_dataset, uid_nonconformance
+from ecg_gateway.errors import (
+    GatewayError,
+    InvalidEcgError,
+    StoreUnavailableError,
+    UndecodableError,
+)
+from ecg_gateway.inbound.dicom import (
+    ECG_SOP_CLASSES,
+    HEMODYNAMIC,
+    decode_dataset,
+    uid_nonconformance,
+)
 from ecg_gateway.inbound.dicom_slots import DicomSlots
 from ecg_gateway.metrics import DICOM_STATUSES, ECGS_RECEIVED
 from ecg_gateway.security import server_context
@@ -79,13 +91,13 @@ class StoreHandler:
         self._ingestor = ingestor
         self._config = config
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_C_ECHO, self.on_echo),
                 (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_CONN_OPEN, self.on_open)]
 
     def on_open(self, event: evt.Event) -> None:
         """Start the connection's idle clock (dicom_slots.py evicts the longest-idle one)."""
-        event.assoc._ecg_since = time.monotonic()
+        _stamp(event.assoc, _ecg_since=time.monotonic())
 
     def on_rejected(self, event: evt.Event) -> None:
         """An association we refused: an unknown calling AE is a security alert."""
@@ -100,15 +112,14 @@ class StoreHandler:
 
     def on_store(self, event: evt.Event) -> Dataset | int:
         peer = _peer(event)
-        event.assoc._ecg_busy = True  # a message in progress: never evicted at the cap
+        _stamp(event.assoc, _ecg_busy=True)  # a message in progress: never evicted at the cap
         try:
             answer = self._store(event, peer)
-        except Exception:  # noqa: BLE001 - the protocol edge: never raise into pynetdicom
+        except Exception:  # the protocol edge: never raise into pynetdicom
             log.exception("c_store_internal_error", peer=peer)
             answer = _status(PROCESSING_FAILURE, "internal error")
         finally:
-            event.assoc._ecg_busy = False
-            event.assoc._ecg_rx = time.monotonic()
+            _stamp(event.assoc, _ecg_busy=False, _ecg_rx=time.monotonic())
         code = answer if isinstance(answer, int) else int(answer.Status)
         DICOM_STATUSES.labels(status=f"0x{code:04X}").inc()
         if code != SUCCESS:
@@ -124,9 +135,11 @@ class StoreHandler:
         except Exception as exc:  # noqa: BLE001 - any parse failure means "cannot understand"
             return self._reject(peer, CANNOT_UNDERSTAND, "dataset cannot be decoded", None,
                                 error=type(exc).__name__)
-        uid = sop_instance if len(sop_instance) <= 64 and _UID.fullmatch(sop_instance) else None  # never echo a hostile value
-        if sop_class != str(event.request.AffectedSOPClassUID) or sop_instance != str(
-            event.request.AffectedSOPInstanceUID
+        # never echo a hostile value
+        uid = sop_instance if len(sop_instance) <= 64 and _UID.fullmatch(sop_instance) else None
+        request = cast(C_STORE, event.request)
+        if sop_class != str(request.AffectedSOPClassUID) or sop_instance != str(
+            request.AffectedSOPInstanceUID
         ):
             return self._reject(peer, DATASET_DOES_NOT_MATCH_SOP_CLASS, "UIDs differ from the request", None, uid)
         try:
@@ -162,11 +175,21 @@ class StoreHandler:
 
 def part10_bytes(event: evt.Event) -> bytes:
     """The received dataset as a DICOM file, byte for byte, without decode/re-encode."""
-    buffer = BytesIO()
+    dataset = cast(C_STORE, event.request).DataSet
+    if dataset is None:  # pynetdicom hands over a C-STORE only with its data set
+        raise ValueError("C-STORE request without a data set")
+    buffer = DicomBytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buffer, event.file_meta, enforce_standard=True)
-    buffer.write(event.request.DataSet.getvalue())
+    buffer.write(dataset.getvalue())
     return buffer.getvalue()
+
+
+def _stamp(assoc: Any, **marks: float | bool) -> None:
+    """Set the activity marks that dicom_slots.py reads (``_ecg_since``, ``_ecg_rx``,
+    ``_ecg_busy``): pynetdicom's Association has no field for them."""
+    for name, value in marks.items():
+        setattr(assoc, name, value)
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -257,7 +280,7 @@ def install_pdu_cap(max_pdu_bytes: int, alert: Callable[..., None] | None = None
     @functools.wraps(original)
     def recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
         assoc = self.assoc
-        assoc._ecg_rx = time.monotonic()  # activity, for the idle eviction (dicom_slots.py)
+        _stamp(assoc, _ecg_rx=time.monotonic())  # activity, for the idle eviction (dicom_slots.py)
         cap = max_pdu_bytes + 6 if assoc.is_established else ASSOCIATE_RQ_CAP
         if nr_bytes > cap and assoc.is_acceptor:
             log.warning("dicom_pdu_too_large", claimed=nr_bytes, cap=cap)
@@ -302,8 +325,9 @@ def start_dicom_server(config: DicomConfig, ingestor: Ingestor) -> ThreadedAssoc
     ae = build_ae(config)
     handler = StoreHandler(ingestor, config)
     install_pdu_cap(config.max_pdu_bytes, ingestor.audit.alert, config.max_dataset_bytes)
-    server = ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
-                            server_class=EcgAssociationServer)
+    server = cast(EcgAssociationServer,
+                  ae.make_server((config.host, config.port), evt_handlers=handler.handlers(),
+                                 server_class=EcgAssociationServer))
     server.alert = ingestor.audit.alert
     server.slots = DicomSlots(per_ip=config.max_connections_per_ip, total=config.max_associations)
     server.handshake_timeout_s = config.tls_handshake_timeout_s

@@ -14,6 +14,7 @@ a stamp yet is busy (it is being set up).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -36,10 +37,8 @@ class Peer:
 
 
 def _shutdown(sock: Any) -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         sock.shutdown(socket.SHUT_RDWR)  # its threads see end-of-file and finish
-    except (OSError, AttributeError):
-        pass
 
 
 def association_peer(assoc: Any) -> Peer:

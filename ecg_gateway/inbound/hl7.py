@@ -122,9 +122,10 @@ def _native_waveform(msg: Hl7Message, segments: list[Segment]) -> Ecg:
     fs_values = {c.fs for c in used}
     if len(fs_values) != 1:
         raise Hl7ContentError("channels have different sampling frequencies", used[0].location)
-    rows, leads = [], []
+    rows: list[np.ndarray] = []
+    leads: list[str] = []
     for chan in used:
-        if chan.lead in leads:
+        if chan.lead is None or chan.lead in leads:
             continue
         samples = np.concatenate(chan.values) if chan.values else np.empty(0)
         if samples.size == 0 or samples.size > MAX_SAMPLES:

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from ecg_gateway.ecg import Ecg
 from ecg_gateway.errors import UndecodableError
-from ecg_gateway.inbound.decode import DICOM, HL7V2, SCP, SNIFF_BYTES, decode_message, sniff_content_type
+from ecg_gateway.inbound.decode import (
+    DICOM,
+    HL7V2,
+    SCP,
+    SNIFF_BYTES,
+    decode_message,
+    sniff_content_type,
+)
 from ecg_gateway.outbound.oru import escape, escape_composite, hl7_ts
 
 SENDING_APPLICATION = "ECGGW-WRAP"

@@ -15,6 +15,7 @@ sample except those within half a stroke width of the line drawn through its nei
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zlib
 from dataclasses import replace
@@ -145,10 +146,8 @@ def _row_base(row: int) -> float:
 
 def _lead_signals(ecg: Ecg) -> dict[str, np.ndarray]:
     """The 12 standard leads when derivable, else whatever leads the ECG has."""
-    try:
+    with contextlib.suppress(InvalidEcgError):
         ecg = ecg.with_standard_leads()
-    except InvalidEcgError:
-        pass
     signal = ecg.signal
     measured = np.isfinite(signal).any(axis=1)  # an all-NaN lead has no median to take
     centre = np.zeros((len(signal), 1), dtype=signal.dtype)

@@ -7,6 +7,7 @@ categories, codes and times only: never names, patient ids, birth dates or order
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -103,7 +104,7 @@ def last_delivery_errors(session: Session, limit: int = 5) -> list[dict[str, Any
             for r in rows]
 
 
-def _latest(rows: list[Any]) -> dict[int, Any]:
+def _latest(rows: Sequence[Any]) -> dict[int, Any]:
     """Rows ordered by id, keyed by their first column: the last one per key wins."""
     return {row[0]: row for row in rows}
 

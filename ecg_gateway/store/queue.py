@@ -65,7 +65,7 @@ JOBS = Queue("jobs", Job, Job.message_id, {
 OUTBOUND = Queue("outbound", Outbound, Outbound.result_id, {
     Phase.WAITING: OutboundState.PENDING.value, Phase.LEASED: OutboundState.SENDING.value,
     Phase.FINISHED: OutboundState.DELIVERED.value, Phase.DEAD: OutboundState.DEAD.value})
-_OF = {Job: JOBS, Outbound: OUTBOUND}
+_OF: dict[type, Queue] = {Job: JOBS, Outbound: OUTBOUND}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ def requeue(session: Session, table: type, row_ids: list[int] | None = None) -> 
 def _require_state(s: Session, q: Queue, ids: list[int], allowed: tuple[Phase, ...], noun: str) -> None:
     """Raise AdminError, naming every offending id, unless each row is in an allowed phase."""
     names = [q[p] for p in allowed]
-    found = dict(s.execute(select(q.table.id, q.table.state).where(q.table.id.in_(ids))).all())
+    found: dict[int, str] = dict(s.execute(select(q.table.id, q.table.state).where(q.table.id.in_(ids))).all())
     problems = [f"{noun} {i} not found" if i not in found
                 else f"{noun} {i} is {found[i]}, not {' or '.join(names)}"
                 for i in ids if found.get(i) not in names]

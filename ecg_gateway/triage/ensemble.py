@@ -12,6 +12,7 @@ the triage classes, sigmoid per statement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +60,7 @@ class WindowedEnsemble(nn.Module):
     """Members (each ``[M, leads, window] -> logits [M, n_classes + n_statements]``) over the
     windows of the input; see the module docstring."""
 
-    def __init__(self, members: list[nn.Module], n_classes: int, length: int,
+    def __init__(self, members: Sequence[nn.Module], n_classes: int, length: int,
                  windows: WindowSpec | None = None) -> None:
         super().__init__()
         if not members:

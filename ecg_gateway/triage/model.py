@@ -71,7 +71,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 def cpu_threads(configured: int, shares_process: bool) -> int:
     """Intra-op threads for inference. With ``--role all`` the worker shares the CPU (and the
     GIL) with the receivers and the sender: OpenMP threads that wait for each other at every
-    layer on a busy core made batch-32 inference 3-6x slower on 2 cores (bench/profile.py),
+    layer on a busy core made batch-32 inference 3-6x slower on 2 cores (bench/e2e_profile.py),
     so ``0`` (auto) leaves half the cores to the rest there, and takes them all in a
     dedicated ``--role worker`` process."""
     if configured > 0:

@@ -25,7 +25,7 @@ Training never sees this module; the checkpoint holds the original weights.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Union
+from typing import Optional, TypeGuard, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +55,16 @@ def _input_lengths(net: TriageNet, leads: int, length: int) -> dict[nn.Conv1d, i
     return seen
 
 
+def _int_padding(conv: nn.Conv1d | nn.Conv2d) -> tuple[int, ...]:
+    """The padding in samples (the network never pads by name, "same" or "valid")."""
+    if isinstance(conv.padding, str):
+        raise ValueError(f"cannot rewrite a conv with padding={conv.padding!r}")
+    return conv.padding
+
+
 def _conv2d(conv: nn.Conv1d, in_length: int) -> nn.Conv2d:
     """Conv1d → equivalent channels-last Conv2d (centre tap only if the rest reads padding)."""
-    (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    (k,), (s,), (d,), (p,) = conv.kernel_size, conv.stride, conv.dilation, _int_padding(conv)
     weight = conv.weight.detach()
     if k > 1 and in_length <= d and p == d * (k - 1) // 2:
         weight, k, d, p = weight[:, :, k // 2:k // 2 + 1], 1, 1, 0
@@ -65,9 +72,9 @@ def _conv2d(conv: nn.Conv1d, in_length: int) -> nn.Conv2d:
                     dilation=(1, d), groups=conv.groups, bias=conv.bias is not None)
     with torch.no_grad():
         out.weight.copy_(weight.unsqueeze(2))
-        if conv.bias is not None:
+        if conv.bias is not None and out.bias is not None:
             out.bias.copy_(conv.bias.detach())
-    return out.to(memory_format=torch.channels_last)
+    return out.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
 
 
 class PointwiseConv(nn.Module):
@@ -112,7 +119,7 @@ class PackedConv(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.groups = conv.kernel_size, conv.groups
-        self.stride, self.padding, self.dilation = (list(conv.stride), list(conv.padding),  # type: ignore[arg-type]
+        self.stride, self.padding, self.dilation = (list(conv.stride), list(_int_padding(conv)),
                                                     list(conv.dilation))
         self.relu, self.min_batch = relu, min_batch
         self.attr = "relu" if relu else "none"
@@ -180,7 +187,7 @@ def _fold_preactivation(bn: nn.BatchNorm1d, conv: nn.Conv1d) -> ClampRange:
     return ClampRange(low, high)
 
 
-def _is_pointwise(module: nn.Module) -> bool:
+def _is_pointwise(module: nn.Module) -> TypeGuard[nn.Conv1d]:
     return (isinstance(module, nn.Conv1d) and module.kernel_size == (1,) and module.padding == (0,)
             and module.groups == 1)
 

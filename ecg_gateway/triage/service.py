@@ -73,7 +73,8 @@ class Triager:
         """Outcomes in input order. Model failures (e.g. out of memory) propagate."""
         prepared = [self._prepare(ecg) for ecg in ecgs]
         inputs = [x for _, x in prepared if x is not None]
-        triage_p, statement_p = self.model.predict_full(np.stack(inputs)) if inputs else ([], [])
+        triage_p, statement_p = (self.model.predict_full(np.stack(inputs)) if inputs
+                                  else (np.empty(0), np.empty(0)))
         probs, found = iter(triage_p), iter(statement_p)
         outcomes = []
         for ecg, (report, x) in zip(ecgs, prepared, strict=True):

@@ -1,14 +1,13 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001'
 down_revision = None
@@ -17,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('at', sa.DateTime(timezone=True), server_default=sa.text('(CURRENT_TIMESTAMP)'), nullable=False),
@@ -115,11 +114,11 @@ def upgrade() -> None:
     with op.batch_alter_table('outbound', schema=None) as batch_op:
         batch_op.create_index('ix_outbound_claim', ['state', 'priority', 'id'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
-    
+
     with op.batch_alter_table('outbound', schema=None) as batch_op:
         batch_op.drop_index('ix_outbound_claim')
 
@@ -140,4 +139,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_events_at'))
 
     op.drop_table('events')
-    
+
