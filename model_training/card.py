@@ -179,8 +179,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         "## Data",
         card["data_description"],
         "",
-        f"Class counts per PTB-XL fold under `{card['mapping_version']}` (the labels trained and "
-        "evaluated on):",
+        f"Class counts per PTB-XL fold under `{card['mapping_version']}` (the labels evaluated on"
+        + (" and trained on):" if card.get("trained_mapping_version", card["mapping_version"])
+           == card["mapping_version"] else f"; the network was trained on "
+           f"`{card['trained_mapping_version']}`):"),
         "",
         counts_markdown(card["class_counts_per_fold"]),
         "",

@@ -78,6 +78,12 @@ TRAINING_NOTE = (
     "side); the pack step chose the members, the window layout and the aggregation on fold 9 "
     "(`python -m model_training pack`).")
 
+#: How v1 (no crops, no pack step) was chosen; quoted from its first card.
+V1_TRAINING_NOTE = (
+    "Model selection: four GPU runs (one NVIDIA H100, torch 2.11 + CUDA 13, bf16 autocast) were "
+    "compared on the fold-9 score only (under mapping 1.0, its training labels); batch 128 / "
+    "plateau, seed 1 was shipped, best epoch 23, 7.3 s per epoch.")
+
 REPRODUCIBILITY = (
     "Seeds are fixed (Python, NumPy, torch, the crop/augmentation generator), so the same command "
     "on the same CPU and software is expected to give the same weights; across CPUs, GPUs or library "
@@ -144,7 +150,7 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             + (f"Random {training['crop'] / 100:g} s crops of each record per step. " if training.get("crop") else "")
             + "Augmentation: gain ±20 %, Gaussian noise ≤ 0.03 mV, baseline wander ≤ 0.15 mV "
             f"(0.05–0.5 Hz). Fold-9 scores {card['training'].get('validation')}. "
-            f"{extra.get('training_note', TRAINING_NOTE)}"),
+            f"{extra.get('training_note', TRAINING_NOTE if training.get('crop') else V1_TRAINING_NOTE)}"),
         "mapping_rules": (
             f"Statements count when their likelihood is ≥ {MIN_LIKELIHOOD:.0f} or 0 (unspecified; "
             "all rhythm/form statements); the record takes the MOST SEVERE category over its "
@@ -161,14 +167,20 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
 
 def _model_description(inference: dict[str, Any]) -> str:
     members, windows = inference.get("members", 1), inference.get("windows")
+    head = ("a concat-pool (mean and max over time) head" if inference.get("head", "pool") == "pool"
+            else "the paper's flatten head (fixed 10 s input)")
+    n_statements = inference.get("statements", 0)
+    statements = (f" and, beside it, {n_statements} SCP-statement probabilities" if n_statements
+                  else "; no statement head (results carry an empty statement list)")
+    weights = "float16" if inference.get("half", True) else "float32"
+    ensemble = (f"An ensemble of {members} members ({weights} weights; probabilities averaged)"
+                if members > 1 else f"One network ({weights} weights)")
     reads = (f"{inference.get('windows_per_ecg')} windows of {windows['length'] / 100:g} s every "
              f"{windows['stride'] / 100:g} s (triage probabilities aggregated by {windows['triage']}, "
              f"statements by {windows['statements']})" if windows else "the whole 10 s record")
     return (
         "TriageNet (ecg_gateway/triage/network.py): the residual CNN reconstructed from van de Leur "
         "et al. (JAHA 2020) — 3 stem conv, 16 pre-activation residual blocks with a plain and a dilated "
-        "branch — at 100 Hz on 8 leads (I, II, V1–V6) in mV, no filtering; a concat-pool (mean and max "
-        "over time) head with two FC layers outputs the softmax over (normal, abnormal_not_acute, "
-        f"subacute, acute) and, beside it, {inference.get('statements', 0)} SCP-statement probabilities. "
-        f"An ensemble of {members} member(s) (float16 weights) reads {reads}; member probabilities are "
-        "averaged. The auxiliary head served training only.")
+        f"branch — at 100 Hz on 8 leads (I, II, V1–V6) in mV, no filtering; {head} with two FC "
+        "layers outputs the softmax over (normal, abnormal_not_acute, subacute, acute)"
+        f"{statements}. {ensemble} reads {reads}. The auxiliary head served training only.")

@@ -227,8 +227,10 @@ def run(checkpoint: Path, cache_path: Path, cinc_root: Path, report_dir: Path, c
         evaluation["statements_fold10"] = statement_evaluation(
             truth, test_statements, list(model.statements.codes), min(n_boot, 300), seed)
     meta = dict(model.metadata)
+    # the labels the network was trained on; the first export records them (v1: 1.0)
+    meta.setdefault("trained_mapping_version", meta.get("mapping_version"))
     card = build_card(meta, thresholds, (threshold_rule, rule_words, val_sens), arrays, evaluation,
-                      commands or [], extra or {}, model)
+                      commands or [], extra or {}, model, half=_has_half_weights(checkpoint))
     if ptbxl_root is not None:  # which statements make each category, for the mapping's review
         from model_training.datasets import load_ptbxl_table
 
@@ -303,7 +305,7 @@ def compact_metrics(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def build_card(meta: dict[str, Any], thresholds: dict[str, float], choice: tuple[str, str, float],
                arrays: cache_mod.PtbxlArrays, evaluation: dict[str, Any], commands: list[str],
-               extra: dict[str, Any], model: Any = None) -> dict[str, Any]:
+               extra: dict[str, Any], model: Any = None, half: bool = True) -> dict[str, Any]:
     from model_training.card_text import COMMANDS, card_texts
 
     rule, words, val_sens = choice  # how the acute threshold was chosen, and its fold-9 sensitivity
@@ -321,13 +323,14 @@ def build_card(meta: dict[str, Any], thresholds: dict[str, float], choice: tuple
     card = {
         "model_id": meta.get("model_id"), "placeholder": False, "git_revision": meta.get("git_revision"),
         "mapping_version": MAPPING_VERSION, "snomed_version": SNOMED_VERSION,
+        "trained_mapping_version": meta.get("trained_mapping_version", MAPPING_VERSION),
         "data_manifest_hash": arrays.with_mapping(DEFAULT_MAPPING).manifest_hash, "thresholds": thresholds,
         "threshold_rule": rule, "threshold_rule_text": words, "val_acute_sensitivity": val_sens,
         "class_counts_per_fold": class_counts_per_fold(arrays.with_mapping(DEFAULT_MAPPING)),
         "class_counts_per_fold_mapping_1_0": class_counts_per_fold(arrays.with_mapping("1.0")),
         "evaluation": evaluation,
         "training": {k: meta.get(k) for k in ("training", "validation", "best_epoch", "members", "selection")},
-        "inference": _inference_description(model),
+        "inference": {**_inference_description(model), "half": half},
         "targets": targets,
         "commands": commands or COMMANDS,
     }
@@ -338,8 +341,11 @@ def build_card(meta: dict[str, Any], thresholds: dict[str, float], choice: tuple
 def _inference_description(model: Any) -> dict[str, Any]:
     if model is None:
         return {}
+    from ecg_gateway.triage.network import ConcatPool
+
     windows = model.windows
-    return {"members": len(model.members), "statements": model.n_statements,
+    head = "pool" if isinstance(model.members[0].head[0], ConcatPool) else "flatten"
+    return {"members": len(model.members), "statements": model.n_statements, "head": head,
             "windows": windows.to_dict() if windows is not None else None,
             "windows_per_ecg": windows.count(model.contract.length) if windows is not None else 1}
 
