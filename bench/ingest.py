@@ -21,8 +21,8 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,15 +56,14 @@ def _sample_dataset():  # type: ignore[no-untyped-def]
     if SAMPLE.exists():
         return pydicom.dcmread(SAMPLE)
     sys.path.insert(0, str(REPO))
-    from tests.dicom_builders import ecg_dataset
+    from tests.support.dicom_builders import ecg_dataset
 
     return ecg_dataset()
 
 
 def _sender(port: int, n: int, per_assoc: bool, nodelay: bool, out: mp.Queue, go: mp.Event) -> None:  # type: ignore[type-arg]
     from pydicom.uid import generate_uid
-    from pynetdicom import AE
-    from pynetdicom import transport
+    from pynetdicom import AE, transport
 
     if nodelay:
         original = transport.AssociationSocket.connect
