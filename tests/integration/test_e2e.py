@@ -57,7 +57,7 @@ def gateway(tmp_path: Path, ehr: EhrPeer) -> Iterator[tuple[GatewayProcess, Path
                           outbound={"host": "127.0.0.1", "port": ehr.port, "categories": list(
                               ("acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable")),
                               # one ORU per result here: a PDF late under load would add its
-                              # corrected ORU (tests/test_e2e_results.py covers that)
+                              # corrected ORU (tests/integration/test_e2e_results.py covers that)
                               "acute_pdf_budget_s": 10})
     proc = GatewayProcess(config).wait_started()
     proc.wait_for_event("worker_model_ready", timeout=120)  # loaded and warmed up: ready to triage
@@ -67,7 +67,7 @@ def gateway(tmp_path: Path, ehr: EhrPeer) -> Iterator[tuple[GatewayProcess, Path
 
 def test_each_dicom_file_reaches_a_result_within_2s_and_matches_triage_cli(gateway, tmp_path: Path) -> None:
     """2 s on a machine that gives the daemon its CPU; on a loaded one the deadline stretches
-    with the measured CPU share (tests/pace.py, at most 5x: 10 s), still far below the 60 s
+    with the measured CPU share (tests/support/pace.py, at most 5x: 10 s), still far below the 60 s
     poll interval a lost nudge would cost (issue #29)."""
     proc, config, db_url = gateway
     files = [shared_data("dicom-ecg", n) for n in

@@ -2,7 +2,7 @@
 
 The paper scale (25 mm/s, 10 mm/mV) is checked at chosen pixels; the whole page against a
 committed reference image within a tolerance. To accept a deliberate change of the page:
-``ECG_UPDATE_RENDER_REFERENCE=1 pytest tests/test_render.py`` and look at the new PNG.
+``ECG_UPDATE_RENDER_REFERENCE=1 pytest tests/integration/test_render.py`` and look at the new PNG.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Security (reliability.md T13, T15, §4): MLLP TLS in and out, root policy, hostile values, secrets.
 
-TLS uses a throwaway CA made by the test (tests/tls_certs.py); everything else is a real
+TLS uses a throwaway CA made by the test (tests/support/tls_certs.py); everything else is a real
 ``serve`` subprocess or the real config loader.
 """
 
