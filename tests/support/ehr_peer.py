@@ -4,6 +4,7 @@ thread (tests), :class:`EhrProcess` in its own process so it does not share the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import ssl
@@ -113,10 +114,8 @@ class EhrProcess:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._conn.send("stop")
-        except OSError:
-            pass
         self._proc.join(5)
         if self._proc.is_alive():
             self._proc.terminate()

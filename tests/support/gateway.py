@@ -106,7 +106,8 @@ class GatewayProcess:
                 line = self._queue.get(timeout=0.2)
             except queue.Empty:
                 if self.proc.poll() is not None and self._queue.empty():
-                    raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{''.join(self.lines)[-4000:]}")
+                    raise RuntimeError(
+                        f"gateway exited {self.proc.returncode}:\n{''.join(self.lines)[-4000:]}") from None
                 continue
             try:
                 record = json.loads(line)
