@@ -34,6 +34,7 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
     "logging": {"json_output": True},
     "security": {"allow_root": True},  # tests and CI run as root in containers
 }
+# bench's carts open many associations at once, and its stage clock reads the INFO log lines
 BENCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "dicom": {"port": 0, "max_associations": 64, "max_connections_per_ip": 64},
     "hl7": {"port": 0},
