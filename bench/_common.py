@@ -10,23 +10,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ECG_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
+from tests.support.gateway import free_port, wait_port  # noqa: F401 - bench scripts take them from here
+from tests.support.stats import percentile
 
 
 def summary_ms(latencies_s: Sequence[float]) -> tuple[float, float]:
@@ -118,22 +109,6 @@ def machine_info(torch_threads: bool = False) -> dict[str, Any]:
 
 def machine_facts() -> str:
     return f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 def write_report(path: Path | None, bench: str, figures: list[dict[str, Any]], *, smoke: bool,

@@ -53,19 +53,10 @@ from bench._common import (  # noqa: E402
     percentile,
     write_report,
 )
-from bench._gateway import (  # noqa: E402
-    ALL_CATEGORIES,
-    EhrProcess,
-    LogTail,
-    Sent,
-    Serve,
-    StoreClient,
-    corpus,
-    cpu_seconds,
-    log_time,
-    rss_mb,
-    write_config,
-)
+from tests.support.carts import Sent, StoreClient, corpus  # noqa: E402
+from tests.support.ehr_peer import EhrProcess  # noqa: E402
+from tests.support.gateway import ALL_CATEGORIES, BENCH_DEFAULTS, Serve, write_config  # noqa: E402
+from tests.support.logtail import LogTail, cpu_seconds, log_time, rss_mb  # noqa: E402
 
 STAGES = ("receive", "commit", "claim_wait", "inference", "result_commit", "sender_wait", "render", "send",
           "ehr_ack")
@@ -179,7 +170,7 @@ class Daemon:
         # the worker keeps the 1 inference thread `--role all` uses here, so only the process
         # boundary differs
         split = variant.layout == "split"
-        config = write_config(workdir / f"{variant.key}.yaml", f"sqlite:///{db}",
+        config = write_config(workdir / f"{variant.key}.yaml", f"sqlite:///{db}", BENCH_DEFAULTS,
                               outbound={"host": "127.0.0.1", "port": ehr_port, "categories": ALL_CATEGORIES,
                                         "attach_pdf": variant.pdf},
                               worker={"poll_interval_s": 0.02} if split else {},

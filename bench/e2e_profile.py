@@ -26,15 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import figure, md_table, write_report  # noqa: E402
-from bench._gateway import (  # noqa: E402
-    ALL_CATEGORIES,
-    EhrProcess,
-    LogTail,
-    Serve,
-    StoreClient,
-    corpus,
-    write_config,
-)
+from tests.support.carts import StoreClient, corpus  # noqa: E402
+from tests.support.ehr_peer import EhrProcess  # noqa: E402
+from tests.support.gateway import ALL_CATEGORIES, BENCH_DEFAULTS, Serve, write_config  # noqa: E402
+from tests.support.logtail import LogTail  # noqa: E402
 
 #: (cost name, substrings of a frame), checked in order: the first rule any frame matches wins.
 RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -86,7 +81,7 @@ def record(rate: float, seconds: float, pdf: bool, workdir: Path, log: Any,
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     datasets, _ = corpus(32)
     ehr = EhrProcess()
-    config = write_config(workdir / "p.yaml", f"sqlite:///{workdir / 'p.db'}",
+    config = write_config(workdir / "p.yaml", f"sqlite:///{workdir / 'p.db'}", BENCH_DEFAULTS,
                           outbound={"host": "127.0.0.1", "port": ehr.port, "categories": ALL_CATEGORIES,
                                     "attach_pdf": pdf})
     serve = Serve(config, workdir / "p.log")

@@ -266,7 +266,7 @@ def reference_set(model: TriageModel, n: int) -> tuple[np.ndarray, str]:
     except (ImportError, FileNotFoundError):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from ecg_gateway.triage.preprocess import preprocess
-        from tests.synthetic import synthetic_ecg
+        from tests.support.synthetic import synthetic_ecg
 
         return np.stack([preprocess(synthetic_ecg(i), model.contract) for i in range(n)]), f"{n} synthetic ECGs"
 

@@ -56,7 +56,7 @@ def _sample_dataset():  # type: ignore[no-untyped-def]
     if SAMPLE.exists():
         return pydicom.dcmread(SAMPLE)
     sys.path.insert(0, str(REPO))
-    from tests.dicom_builders import ecg_dataset
+    from tests.support.dicom_builders import ecg_dataset
 
     return ecg_dataset()
 

@@ -47,7 +47,7 @@ ID_WIDTH = 16  # fixed-width control ids keep every copy of a message the same s
 
 def build_messages() -> dict[str, bytes]:
     """The two test messages, with a placeholder MSH-10 of ID_WIDTH characters."""
-    from tests.hl7_builders import cinc_record, ptbxl_record, waveform_oru
+    from tests.support.hl7_builders import cinc_record, ptbxl_record, waveform_oru
 
     placeholder = "X" * ID_WIDTH
     ptbxl = SHARED / "ptbxl" / "records100" / "00000" / "00001_lr"

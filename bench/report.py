@@ -80,7 +80,7 @@ def _cell_ratio(fig: dict[str, Any]) -> str:
     return fmt_stat(fig["ratio"]) if fig.get("ratio") else "–"
 
 
-def _missed_by(fig: dict[str, Any]) -> str:
+def missed_by(fig: dict[str, Any]) -> str:
     """How far a missed goal is: the measured value against the goal's threshold."""
     goal = fig.get("goal", {})
     value, measured = goal.get("value"), goal.get("measured")
@@ -127,7 +127,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for _, f in missed:
             why = next((text for prefix, text in WHY if f["id"].startswith(prefix)), "")
             out.append(f"- **{f['name']}**: {fmt_stat(f['ours'])} {f['unit']} against {f['goal']['text']}"
-                       f"{'; ' + _missed_by(f) if _missed_by(f) else ''}. {why}")
+                       f"{'; ' + missed_by(f) if missed_by(f) else ''}. {why}")
         out.append("")
     out += _profile_section(summary)
     for step in summary["steps"]:

@@ -49,16 +49,10 @@ from bench._common import (  # noqa: E402
     percentile,
     write_report,
 )
-from bench._gateway import (  # noqa: E402
-    ALL_CATEGORIES,
-    EhrProcess,
-    Serve,
-    StoreClient,
-    corpus,
-    cpu_seconds,
-    rss_mb,
-    write_config,
-)
+from tests.support.carts import StoreClient, corpus  # noqa: E402
+from tests.support.ehr_peer import EhrProcess  # noqa: E402
+from tests.support.gateway import ALL_CATEGORIES, BENCH_DEFAULTS, Serve, write_config  # noqa: E402
+from tests.support.logtail import cpu_seconds, rss_mb  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("ECG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SHA = "0" * 64
@@ -218,7 +212,7 @@ def memory_study(ecgs: int, sample_every: int, workdir: Path, log: Any) -> dict[
     datasets, _ = corpus(64, decimate=2)  # 250 Hz: half the bytes to move, so 10^4 fit the time budget
     ehr = EhrProcess()
     db = workdir / "mem.db"
-    config = write_config(workdir / "mem.yaml", f"sqlite:///{db}",
+    config = write_config(workdir / "mem.yaml", f"sqlite:///{db}", BENCH_DEFAULTS,
                           outbound={"host": "127.0.0.1", "port": ehr.port, "categories": ALL_CATEGORIES,
                                     "attach_pdf": False},
                           logging={"json_output": True, "level": "INFO"})
@@ -270,7 +264,7 @@ def workers_study(url: str, counts: list[int], jobs: int, raws: list[bytes], wor
     upgrade_to_head(url)
     rates: dict[int, float] = {}
     for k in counts:
-        config = write_config(workdir / f"w{k}.yaml", url, model={"cpu_threads": 1},
+        config = write_config(workdir / f"w{k}.yaml", url, BENCH_DEFAULTS, model={"cpu_threads": 1},
                               worker={"poll_interval_s": 0.1}, dicom={"enabled": False},
                               hl7={"enabled": False}, http={"enabled": False},
                               outbound={"categories": ALL_CATEGORIES})

@@ -6,7 +6,7 @@
 A generated block sits between ``<!-- generated: NAME -->`` and ``<!-- end generated -->``.
 The HL7 examples are produced by the real decoder, receiver, ACK builder and ORU composer
 (segments shown one per line; on the wire they end with CR). Synthetic data only: the
-patient is TEST^PATIENT and every identifier is made up. tests/test_docs.py runs --check.
+patient is TEST^PATIENT and every identifier is made up. tests/unit/test_docs.py runs --check.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the gateway implements on the wire, read from the code itself (no copies).
 
 docs/dicom-conformance.md and docs/hl7-interface.md promise exactly these SOP classes,
-transfer syntaxes, statuses, message types and error codes; tests/test_docs.py compares
+transfer syntaxes, statuses, message types and error codes; tests/unit/test_docs.py compares
 the documents' tables with the values here, so a code change that the documents do not
 follow fails the tests. Nothing here is used at run time.
 """

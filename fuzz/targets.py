@@ -9,7 +9,7 @@ Each ``TestOneInput(data)`` takes any bytes and fails (raises) only on a real bu
   (which become AE/AR answers) may come out. Anything else is a decoder bug (it would be AR 207).
 * ``dicom``: ``decode_dicom_bytes``; only UndecodableError / InvalidEcgError may come out.
 
-Used by the atheris harnesses (``fuzz/fuzz_*.py``) and by tests/test_fuzz_harness.py.
+Used by the atheris harnesses (``fuzz/fuzz_*.py``) and by tests/integration/test_fuzz_harness.py.
 """
 
 from __future__ import annotations

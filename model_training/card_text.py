@@ -89,7 +89,7 @@ REPRODUCIBILITY = (
     "on the same CPU and software is expected to give the same weights; across CPUs, GPUs or library "
     "versions they differ by the seed-to-seed spread. `evaluate` is deterministic on the CPU "
     "(bootstrap seed 0): rerun on the shipped checkpoint it reproduces every number in this card; "
-    "CI (tests/test_training_smoke.py) checks the shipped model's probabilities on 64 fold-10 records "
+    "CI (tests/integration/test_training_smoke.py) checks the shipped model's probabilities on 64 fold-10 records "
     "against report/predictions_ptbxl_fold10.npz within 1e-3. Thresholds are re-chosen by `evaluate` "
     "from CPU float32 predictions on fold 9 (the daemon's default device). Training is resumable "
     "(`--resume`: weights, optimiser, one-cycle position and random states are saved every epoch).")

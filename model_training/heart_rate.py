@@ -3,7 +3,7 @@
 PTB-XL has no heart-rate column, yet AF with a rapid ventricular response or an extreme
 bradycardia changes the triage category. A simple multi-lead QRS detector is enough here:
 the rules only need to know whether the rate is beyond 40 / 110 / 150 bpm, and its output is
-checked against the SBRAD/STACH statements in tests/test_labels.py.
+checked against the SBRAD/STACH statements in tests/unit/test_labels.py.
 """
 
 from __future__ import annotations

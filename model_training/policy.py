@@ -3,8 +3,8 @@
 A record is "acute" when ``p_acute >= thresholds["acute"]`` (chosen on validation for a flag
 budget or a target sensitivity); otherwise it gets the most probable of the categories
 without a threshold (ties -> more urgent).
-This mirrors ecg_gateway/triage/decide.py exactly (tests/test_metrics.py checks it), so the
-reported sensitivity/PPV are those of the deployed policy.
+This mirrors ecg_gateway/triage/decide.py exactly (tests/integration/test_metrics.py checks
+it), so the reported sensitivity/PPV are those of the deployed policy.
 """
 
 from __future__ import annotations

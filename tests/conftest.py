@@ -1,8 +1,12 @@
-"""Shared fixtures: real SQLite files and a real PostgreSQL database per test session."""
+"""Shared fixtures: real SQLite files and a real PostgreSQL database per test session.
+
+Tests under tests/integration start the daemon, servers, subprocesses or train a model: they
+are marked ``integration`` and ``slow`` here, so ``-m "not slow"`` (scripts/test.sh --fast)
+leaves them out.
+"""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,19 +15,16 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
+from tests.support.paths import PG_ADMIN_URL
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("ECG_SHARED_DATA", REPO.parent / "shared" / "data"))
-TEST_DATA = Path(__file__).resolve().parent / "data"
-PG_ADMIN_URL = os.environ.get("ECG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-def shared_data(*parts: str) -> Path:
-    """A file under ../shared/data; the test is skipped if the folder is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
-    return path
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
 
 
 def _pg_available() -> str | None:

@@ -1,7 +1,7 @@
 """HL7 v2 acknowledgements (original mode AA/AE/AR, enhanced mode CA/CE/CR).
 
 Built by string formatting, not hl7apy: hl7apy takes ~4 ms to build one ACK here, which is
-most of the budget of a 3 KB message; tests/test_hl7_receiver.py proves the output equal
+most of the budget of a 3 KB message; tests/integration/test_hl7_receiver.py proves the output equal
 to hl7apy's (and valid under its STRICT validation) for every code, version and mode.
 The ACK echoes the sender's delimiters, MSH-11, MSH-12 (when supported) and MSH-18, swaps
 MSH-3/4 with MSH-5/6 and puts MSH-10 in MSA-2. Texts are fixed strings: never PHI.

@@ -2,7 +2,7 @@
 
 Two leased tables share one life cycle (:class:`Phase`: waiting → leased → finished, or
 dead) and this one module: the worker, the sender, the admin page and the CLI call the
-transitions below and never write a row's state themselves (``tests/test_queue_home.py``
+transitions below and never write a row's state themselves (``tests/unit/test_queue_home.py``
 keeps it so). Each transition records its event in the caller's transaction, so a row's
 state and its audit trail cannot disagree. Why two tables and not one: docs/decisions.md,
 "One queue module".
