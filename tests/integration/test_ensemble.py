@@ -109,8 +109,9 @@ def test_flag_budget_picks_the_threshold_and_an_explicit_threshold_wins(tmp_path
     assert model.thresholds["acute"] == 0.07 and model.acute_budget is None
     with pytest.raises(CheckpointError, match=r"0\.12 is not in the checkpoint \(it has 0\.05, 0\.1, 0\.15, 0\.2\)"):
         set_operating_point(model, 0.12, None)
-    v1 = set_operating_point(load_model(None, "cpu"), 0.1, None)  # no budgets: its own threshold
-    assert v1.acute_budget is None and v1.thresholds == load_model(None, "cpu").thresholds
+    save(tmp_path / "old.pt", [member(1)], flag_budgets=None)  # a checkpoint from before budgets
+    old = set_operating_point(load_model(tmp_path / "old.pt", "cpu"), 0.1, None)
+    assert old.acute_budget is None and old.thresholds == {"acute": 0.3}  # its own threshold
 
 
 def test_statements_behind_the_category_come_first_at_most_five() -> None:

@@ -151,6 +151,10 @@ def test_shipped_default_model_regression() -> None:
     known = {m.version for m in MAPPINGS.values()}
     assert meta["mapping_version"] in known and len(meta["data_manifest_hash"]) == 64
     assert meta["git_revision"] and 0.0 < model.thresholds["acute"] < 1.0
+    from ecg_gateway.triage.model import set_operating_point
+
+    # the default budget (10 %) is in the checkpoint, so serve flags by it, not by an old threshold
+    assert set_operating_point(model, 0.10, None).acute_budget == 0.10
     # regression floor: the shipped model measured overall c 0.886 (0.875-0.897), PDI 0.743 (mapping 2.0)
     assert meta["metrics"]["ptbxl_fold10"]["overall_c"]["value"][0] >= 0.86
     assert meta["metrics"]["ptbxl_fold10"]["pdi"]["value"][0] >= 0.70
