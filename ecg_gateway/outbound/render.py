@@ -170,16 +170,22 @@ def _medians(signal: np.ndarray) -> np.ndarray:
 
 
 def _display_rate(ecg: Ecg) -> Ecg:
-    """At most DISPLAY_FS: of every k samples the one farthest from their mean (a QRS peak or
-    a pacemaker spike survives; 0.05 mm steps are below what a trace can show)."""
+    """At most DISPLAY_FS: of every k samples the one farthest from the lead's median, so a
+    QRS peak or a one-sample pacemaker spike survives (0.05 mm steps are below what a trace
+    can show). The block's mean would not do at k = 2: both samples are equally far from it.
+    A NaN is picked only when its whole block is NaN; ties go to the first sample."""
     k = int(ecg.fs // DISPLAY_FS)
     if k < 2:
         return ecg
     n = ecg.n_samples // k * k
     blocks = ecg.signal[:, :n].reshape(len(ecg.leads), n // k, k)
-    with np.errstate(all="ignore"):
-        far = np.nan_to_num(np.abs(blocks - np.nanmean(blocks, axis=2, keepdims=True)), nan=-1.0)
-    picked = np.take_along_axis(blocks, far.argmax(axis=2)[..., None], axis=2)[..., 0]
+    centre = _medians(ecg.signal)[:, None]
+    picked, farthest = blocks[:, :, 0], np.nan_to_num(np.abs(blocks[:, :, 0] - centre), nan=-1.0)
+    for j in range(1, k):  # elementwise over the k columns: no reductions over a short axis
+        column = blocks[:, :, j]
+        far = np.nan_to_num(np.abs(column - centre), nan=-1.0)
+        better = far > farthest
+        picked, farthest = np.where(better, column, picked), np.where(better, far, farthest)
     return replace(ecg, signal=np.ascontiguousarray(picked), fs=ecg.fs / k)
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecg_gateway.outbound.render import _medians, keep_mask, keep_masks, path_text
+from ecg_gateway.ecg import Ecg
+from ecg_gateway.outbound.render import _display_rate, _medians, keep_mask, keep_masks, path_text
 
 
 def test_path_text_is_what_percent_d_writes() -> None:
@@ -77,3 +78,21 @@ def test_ragged_thinning_follows_the_rule_and_holds_the_tolerance() -> None:
     assert together[6].sum() <= 12
     assert keep_mask(np.stack(leads[:2]), 0.09).tolist() == [m.tolist() for m in together[:2]]
     assert together[2][999:1101].all()  # a gap and its neighbours are drawn as they are
+
+
+@pytest.mark.parametrize(("fs", "spike_at"), [(1000.0, 3001), (1000.0, 3000), (2000.0, 6003), (1500.0, 4502)])
+def test_thinning_to_500_hz_keeps_one_sample_spikes_and_peaks(fs: float, spike_at: int) -> None:
+    n = int(10 * fs)
+    t = np.arange(n) / fs
+    signal = np.stack([0.3 * np.sin(2 * np.pi * 1.2 * t), np.full(n, np.nan), np.zeros(n)]).astype(np.float32)
+    signal[0, spike_at] = 5.0  # a pacemaker spike, one sample wide
+    signal[0, spike_at + 1000] = -3.0  # a negative deflection
+    signal[2, 100:300] = np.nan  # a gap in a flat lead
+    shown = _display_rate(Ecg(signal=signal, fs=fs, leads=("II", "V1", "V2"), source="test"))
+    assert shown.fs == fs / int(fs // 500)
+    assert shown.signal.shape == (3, int(10 * shown.fs))
+    assert shown.signal[0].max() == pytest.approx(5.0) and shown.signal[0].min() == pytest.approx(-3.0)
+    assert np.isnan(shown.signal[1]).all()
+    k = int(fs // 500)
+    gap = np.isnan(shown.signal[2])
+    assert gap[100 // k + 1: 300 // k - 1].all() and gap.sum() <= 200 // k + 1  # NaN only where a block is all NaN
