@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from ecg_gateway.store.db import make_engine, make_session_factory, upgrade_to_head
+from tests.support.gateway import reap_daemons, running_daemons
 from tests.support.paths import PG_ADMIN_URL
 
 INTEGRATION = Path(__file__).resolve().parent / "integration"
@@ -25,6 +26,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if INTEGRATION in item.path.parents:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    """Daemons a test started and left running are killed when it ends (a skip for missing
+    data or a failure before the test's own cleanup left two serving the shared PostgreSQL
+    database, and later tests saw their senders). Daemons of wider-scoped fixtures, already
+    running when the test starts, are left to their fixtures."""
+    before = running_daemons()
+    yield
+    reap_daemons(keep=before)
 
 
 def _pg_available() -> str | None:

@@ -10,7 +10,13 @@ from sqlalchemy import func, select
 from ecg_gateway.store.db import make_engine, make_session_factory
 from ecg_gateway.store.models import Job, Message
 from tests.support.carts import msa_fields, send_all
-from tests.support.gateway import GatewayProcess, run_cli, write_config
+from tests.support.gateway import (
+    GatewayProcess,
+    reap_daemons,
+    run_cli,
+    running_daemons,
+    write_config,
+)
 from tests.support.hl7_builders import ed_oru, ptbxl_record, waveform_oru
 from tests.support.paths import shared_data
 
@@ -48,8 +54,8 @@ def test_each_payload_kind_gets_aa_and_appears_in_status(tmp_path: Path) -> None
 def test_t6_kill_9_after_aa_loses_nothing_and_duplicates_store_once(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'gw.db'}"
     config = write_config(tmp_path / "c.yaml", db_url, http={"enabled": False}, dicom={"enabled": False})
+    payload = _payloads()["A-NATIVE"]  # before the daemon: a skip for missing data leaves none running
     proc = GatewayProcess(config, "--role", "ingest").wait_started()
-    payload = _payloads()["A-NATIVE"]
     acks = send_all(proc.ports["hl7"], [payload, payload])
     assert [msa_fields(a)[1] for a in acks] == ["AA", "AA"]
     proc.kill()
@@ -61,3 +67,15 @@ def test_t6_kill_9_after_aa_loses_nothing_and_duplicates_store_once(tmp_path: Pa
         counts = (s.scalar(select(func.count()).select_from(Message)), s.scalar(select(func.count()).select_from(Job)))
     engine.dispose()
     assert counts == (1, 1)
+
+
+def test_a_daemon_left_running_by_a_test_is_reaped(tmp_path: Path) -> None:
+    """The conftest's safety net: a daemon still running when its test ends (a skip or a
+    failure before the test's own cleanup) is killed, and only that one."""
+    config = write_config(tmp_path / "c.yaml", f"sqlite:///{tmp_path / 'gw.db'}", http={"enabled": False},
+                          dicom={"enabled": False}, hl7={"enabled": False})
+    before = running_daemons()
+    left = GatewayProcess(config, "--role", "ingest")
+    assert left.proc.pid in running_daemons()
+    assert reap_daemons(keep=before) == [left.proc.pid]
+    assert left.proc.poll() is not None and left.proc.pid not in running_daemons()

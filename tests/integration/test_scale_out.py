@@ -39,10 +39,10 @@ def _node(tmp_path: Path, name: str, pg_url: str, ehr: EhrPeer) -> GatewayProces
 @pytest.mark.timeout(900)
 def test_two_gateways_on_one_postgres_triage_each_ecg_once_and_send_one_oru_each(
         tmp_path: Path, pg_url: str) -> None:
+    samples, leads, fs = ptbxl_record(shared_data("ptbxl", "records100", "00000", "00001_lr.hea").with_suffix(""))
     upgrade_to_head(pg_url)
     ehr = EhrPeer()
     nodes = [_node(tmp_path, "a", pg_url, ehr), _node(tmp_path, "b", pg_url, ehr)]
-    samples, leads, fs = ptbxl_record(shared_data("ptbxl", "records100", "00000", "00001_lr.hea").with_suffix(""))
     try:
         a, b = (node.wait_started(180) for node in nodes)
         for node in nodes:

@@ -71,12 +71,34 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listening on {port}")
 
 
+#: Every daemon started in this process, so a test that skips or fails before its own cleanup
+#: cannot leave one serving (and draining queues in) the shared test database.
+_STARTED: list[subprocess.Popen[Any]] = []
+
+
 def _serve(config_path: Path, args: tuple[str, ...], env: dict[str, str] | None, stdout: Any,
            wrapper: list[str] | None = None, base_env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
     full_env = {**(base_env or {}), **os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [*(wrapper or []), sys.executable, "-m", "ecg_gateway", "serve", "--config", str(config_path), *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, stderr=subprocess.STDOUT,
                             text=stdout is subprocess.PIPE)
+    _STARTED.append(proc)
+    return proc
+
+
+def running_daemons() -> set[int]:
+    """Process ids of the daemons started here that still run."""
+    _STARTED[:] = [proc for proc in _STARTED if proc.poll() is None]
+    return {proc.pid for proc in _STARTED}
+
+
+def reap_daemons(keep: set[int]) -> list[int]:
+    """Kill the daemons still running except ``keep``; their process ids."""
+    reaped = [proc for proc in _STARTED if proc.poll() is None and proc.pid not in keep]
+    for proc in reaped:
+        proc.kill()
+        proc.wait(10)
+    return [proc.pid for proc in reaped]
 
 
 class GatewayProcess:
