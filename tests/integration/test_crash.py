@@ -26,6 +26,7 @@ from tests.support.chaos import Spec, failures, run
 from tests.support.dicom_builders import ecg_dataset
 from tests.support.ehr_peer import EhrPeer, aa
 from tests.support.gateway import REPO, GatewayProcess, write_config
+from tests.support.paths import shared_data
 
 ALL = ["acute", "subacute", "abnormal_not_acute", "normal", "uninterpretable"]
 
@@ -39,6 +40,7 @@ def test_t1_sixty_ecgs_five_sigkills_nothing_lost_nothing_doubled(tmp_path: Path
     spec = Spec(ecgs=60, kills=5, rate_per_s=6.0, acute_share=None, deliver_all=True, faults={},
                 attach_pdf=False, uptime_s=(0.5, 2.0), recordings=6, seed=11, drain_timeout_s=120,
                 phase_timeout_s=120)
+    shared_data("ptbxl", "records100", "00000")  # the recordings it sends; skipped without them
     report = run(spec, tmp_path, log=lambda line: None)
     assert failures(report) == [], report
     assert report["kills"] == 5 and report["acked"] == 60 and report["lost"] == 0
