@@ -6,13 +6,19 @@ Validated at start-up; unknown keys are rejected with the key named, and the CLI
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from ecg_gateway.ecg import CATEGORY_NAMES, UNINTERPRETABLE
 from ecg_gateway.errors import ConfigError
@@ -217,6 +223,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     _reject_secrets_in_file(data)
     try:
         config = Config(**data)
+    except SettingsError as exc:  # pydantic-settings could not decode a list/mapping value
+        raise ConfigError(_undecodable_env_message()) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
@@ -295,6 +303,27 @@ def _reject_unknown_env_keys() -> None:
         section = sections.get(parts[0])
         if section is None or len(parts) != 2 or parts[1] not in section.annotation.model_fields:  # type: ignore[union-attr]
             raise ConfigError(f"invalid config key {name}: unknown setting")
+
+
+def _undecodable_env_message() -> str:
+    """Name the variable whose value pydantic-settings could not decode: list and mapping keys
+    are read from the environment as JSON, and its own error names only the section."""
+    for name, value in os.environ.items():
+        if name.upper().startswith("ECG_GATEWAY__"):
+            try:
+                json.loads(value)
+            except ValueError:
+                section, key = name[len("ECG_GATEWAY__"):].lower().split("__")
+                if _is_complex(Config.model_fields[section].annotation.model_fields[key].annotation):  # type: ignore[union-attr]
+                    return f"invalid config key {name}: a list or mapping must be JSON, e.g. '[\"acute\"]'"
+    return "invalid config in the environment: a list or mapping value must be JSON"
+
+
+def _is_complex(annotation: Any) -> bool:
+    """A list, mapping or set (also inside ``X | None``): what pydantic-settings JSON-decodes."""
+    if annotation in (list, dict, set, tuple) or get_origin(annotation) in (list, dict, set, tuple):
+        return True
+    return any(_is_complex(arg) for arg in get_args(annotation))
 
 
 def example_yaml() -> str:

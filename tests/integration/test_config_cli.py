@@ -55,6 +55,17 @@ def test_unknown_environment_key_exits_78(tmp_path: Path) -> None:
     assert result.returncode == 78 and "ECG_GATEWAY__DICOM__PROT" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["[normal,acute]", "{broken"])
+def test_environment_list_that_is_not_json_names_the_variable_and_exits_78(value: str) -> None:
+    """A list or mapping key read from the environment must be JSON; pydantic-settings raises
+    its own error there, which escaped as a traceback with exit 1 (found starting serve by hand)."""
+    result = run_cli("check-config", env={"ECG_GATEWAY__OUTBOUND__CATEGORIES": value})
+    assert result.returncode == 78
+    assert result.stderr.startswith("ecg-gateway: error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "ECG_GATEWAY__OUTBOUND__CATEGORIES" in result.stderr and "JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_config_file_exits_78(tmp_path: Path) -> None:
     result = run_cli("status", "--config", str(tmp_path / "absent.yaml"))
     assert result.returncode == 78 and "cannot read config file" in result.stderr
