@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model_training import cache
     from model_training.train import TrainConfig, cpu_bf16_refusal, train
 
-    refusal = cpu_bf16_refusal(args.cpu_bf16, args.device)
+    refusal = cpu_bf16_refusal(args.cpu_bf16, args.device) or _unknown_statements(dict(args.oversample))
     if refusal:  # before the cache loads: a one-line answer, exit 2
         print(f"error: {refusal}", file=sys.stderr)
         return 2
@@ -91,10 +91,26 @@ def cmd_train(args: argparse.Namespace) -> int:
                       statement_weight=args.statement_weight, cpu_bf16=args.cpu_bf16,
                       mapping=args.mapping, head=args.head, crop=args.crop, optimizer=args.optimizer,
                       statement_targets=args.statement_targets, statement_head=args.statement_head,
-                      gain_jitter=args.gain_jitter, dropout=args.dropout)
+                      gain_jitter=args.gain_jitter, dropout=args.dropout,
+                      oversample=dict(args.oversample))
     summary = train(cfg, arrays, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("best_epoch", "epochs_run", "thresholds", "val")}))
     return 0
+
+
+def _unknown_statements(oversample: dict[str, int]) -> str | None:
+    from model_training.labels import statement_codes
+
+    unknown = sorted(set(oversample) - set(statement_codes()))
+    return f"--oversample: unknown SCP statement(s) {', '.join(unknown)}" if unknown else None
+
+
+def _oversample_item(item: str) -> tuple[str, int]:
+    """``"2AVB=20"`` -> ``("2AVB", 20)`` (argparse turns the error into a usage line, exit 2)."""
+    code, sep, copies = item.partition("=")
+    if not sep or not code or not copies.isdigit() or int(copies) < 1:
+        raise argparse.ArgumentTypeError(f"wants CODE=COPIES with COPIES >= 1, got {item!r}")
+    return code, int(copies)
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -209,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast for CPU training steps (AMX/AVX512-BF16 CPUs only; validation stays float32)")
     p.add_argument("--statement-weight", type=float, default=5.0,
                    help="weight of the multi-label SCP-statement loss (0 = off)")
+    p.add_argument("--oversample", nargs="+", default=[], metavar="CODE=COPIES", type=_oversample_item,
+                   help="draw the records listing an SCP statement this many times per epoch (e.g. 2AVB=20)")
     p.add_argument("--time-limit-min", type=float, help="finish cleanly before this many minutes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--train-folds", default="1-8")

@@ -40,7 +40,7 @@ from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.optimize import bf16_supported
 from ecg_gateway.triage.preprocess import InputContract, preprocess
 from model_training.cache import PtbxlArrays
-from model_training.labels import statement_vocabulary
+from model_training.labels import statement_codes, statement_vocabulary
 from model_training.metrics import macro_auc, overall_c, pdi
 from model_training.policy import ACUTE, FLAG_BUDGETS, budget_threshold, statement_thresholds
 
@@ -83,6 +83,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle (per step) | plateau (x0.5 after 3 flat epochs) | cosine
     ema: float | None = None  # decay of an EMA of the weights; each epoch keeps raw or EMA, the better
     cpu_bf16: bool = False  # bf16 autocast on CPU too (only where oneDNN runs bf16 natively: AMX/AVX512-BF16)
+    oversample: dict[str, int] = field(default_factory=dict)  # SCP code -> copies per epoch of its records
 
 
 CONTRACT = InputContract(fs=100.0, length=1000, leads=INDEPENDENT_LEADS, units="mV", scale=1.0)
@@ -115,6 +116,24 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Tensor, gamma: float) -> 
     logp = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp * weight[target]
     return loss.sum() / weight[target].sum()
+
+
+def epoch_pool(arrays: PtbxlArrays, oversample: dict[str, int]) -> np.ndarray:
+    """Record indices one epoch draws from: each record once, a record listing an oversampled
+    statement (at any likelihood) as many times as its largest factor. Rare rhythms such as
+    AV blocks (a dozen training records each) are otherwise too few for the network to learn."""
+    copies = np.ones(len(arrays.ecg_id), dtype=np.int64)
+    if oversample:
+        if arrays.likelihoods is None:
+            raise ValueError("oversampling reads statements: rebuild the cache (python -m model_training cache)")
+        column = {code: j for j, code in enumerate(statement_codes())}
+        unknown = sorted(set(oversample) - set(column))
+        if unknown:
+            raise ValueError(f"unknown SCP statement(s) to oversample: {', '.join(unknown)}")
+        for code, factor in oversample.items():
+            listed = ~np.isnan(arrays.likelihoods[:, column[code]])
+            copies[listed] = np.maximum(copies[listed], int(factor))
+    return np.repeat(np.arange(len(copies)), copies)
 
 
 def random_crops(x: Tensor, length: int, gen: torch.Generator) -> Tensor:
@@ -249,7 +268,8 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
                     aux_head=True, n_statements=0 if s_tr is None else s_tr.shape[1]).to(device)
     optimizer = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.optimizer]
     opt = optimizer(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = x_tr.shape[0]
+    pool = torch.from_numpy(epoch_pool(tr, cfg.oversample)).to(device)
+    n = pool.shape[0]
     n_batches = max(1, n // cfg.batch_size)
     sched = _scheduler(opt, cfg, n_batches)
     ema = (torch.optim.swa_utils.AveragedModel(
@@ -272,7 +292,7 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
         torch.set_rng_state(ckpt["torch_rng"])
         state = ckpt["state"]
         log.info("resumed", epoch=state["epoch"], step=state["step"])
-    log.info("training", device=str(device), n_train=len(tr.label), n_val=len(va.label),
+    log.info("training", device=str(device), n_train=len(tr.label), n_drawn_per_epoch=n, n_val=len(va.label),
              class_counts=np.bincount(tr.label, minlength=K).tolist(), weights=weights_np.round(3).tolist())
     started, epoch_s = time.perf_counter(), 0.0
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
@@ -285,7 +305,7 @@ def train(cfg: TrainConfig, arrays: PtbxlArrays, resume: bool = False,
             break
         net.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen, device=device)
+        perm = pool[torch.randperm(n, generator=gen, device=device)]
         total = 0.0
         bar = tqdm(range(n_batches), desc=f"epoch {state['epoch'] + 1}", disable=not progress,
                    mininterval=2, leave=False)
@@ -430,7 +450,8 @@ def training_metadata(summary: dict[str, Any]) -> dict[str, Any]:
                          ("epochs", "batch_size", "lr", "gamma", "class_weights", "seed",
                           "aux_weight", "statement_weight", "schedule", "weight_decay", "patience",
                           "ema", "cpu_bf16", "train_folds", "val_folds", "mapping", "head", "crop",
-                          "optimizer", "statement_targets", "statement_head", "gain_jitter", "dropout")
+                          "optimizer", "statement_targets", "statement_head", "gain_jitter", "dropout",
+                          "oversample")
                          if k in config},
             "validation": val, "metrics": None}
 

@@ -238,3 +238,40 @@ def test_own_statement_head_trains_and_validates(tmp_path: Path, tiny_arrays: ca
     assert summary["config"]["statement_head"] == "own" and "statement_auc" in summary["val"]
     model = load_model(tmp_path / "model.pt", device="cpu")
     assert model.net.arch_kwargs()["statement_head"] == "own" and model.n_statements == 71
+
+
+def test_oversampled_statements_are_drawn_that_many_times_per_epoch(tmp_path: Path,
+                                                                     tiny_arrays: cache.PtbxlArrays) -> None:
+    """Records listing an oversampled statement come back COPIES times in an epoch's pool, the
+    rest once; the epoch's step count follows the pool, and the factor is in the metadata."""
+    from model_training.labels import statement_codes
+    from model_training.train import epoch_pool
+
+    train_part = tiny_arrays.subset(np.isin(tiny_arrays.fold, [1, 2]))
+    listed = ~np.isnan(train_part.likelihoods)
+    column = int(np.argmax((listed.sum(axis=0) > 0) & (listed.sum(axis=0) < len(listed))))
+    code, has = statement_codes()[column], listed[:, column]
+    pool = epoch_pool(train_part, {code: 3})
+    counts = np.bincount(pool, minlength=len(has))
+    assert counts[has].tolist() == [3] * int(has.sum()) and counts[~has].tolist() == [1] * int((~has).sum())
+    with pytest.raises(ValueError, match="unknown SCP statement"):
+        epoch_pool(train_part, {"NOPE": 2})
+
+    summary = train(_cfg(tmp_path, oversample={code: 3}), tiny_arrays, progress=False)
+    assert summary["steps"] == len(pool) // 4
+    assert load_model(tmp_path / "model.pt", device="cpu").metadata["training"]["oversample"] == {code: 3}
+
+
+@pytest.mark.parametrize("arg, message", [("NOPE=3", "unknown SCP statement(s) NOPE"),
+                                          ("2AVB", "wants CODE=COPIES"), ("2AVB=0", "wants CODE=COPIES")])
+def test_a_bad_oversample_is_refused_with_one_line(arg: str, message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before any data loads (the cache path does not exist), exit 2."""
+    from model_training import cli
+
+    try:
+        code = cli.main(["train", "--oversample", arg, "--cache", "/nonexistent.npz"])
+    except SystemExit as exc:  # argparse's usage error
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().splitlines()[-1].count(message) == 1
