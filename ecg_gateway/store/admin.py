@@ -19,6 +19,7 @@ from ecg_gateway.audit import record_event
 from ecg_gateway.errors import AdminError
 from ecg_gateway.store.db import db_now_plus, iso
 from ecg_gateway.store.models import Job, JobState, Message, Outbound, OutboundState, Result
+from ecg_gateway.store.queue import enqueue_triage
 
 #: Replays run after live traffic: claims take the lowest priority number first (live = 100).
 REPLAY_PRIORITY = 200
@@ -63,10 +64,7 @@ def replay(sessions: sessionmaker[Session], message_ids: list[int], *, max_attem
             raise AdminError("; ".join(problems))
         created = []
         for message_id in dict.fromkeys(message_ids):  # each message once, in the given order
-            job = Job(kind="triage", message_id=message_id, priority=REPLAY_PRIORITY,
-                      max_attempts=max_attempts)
-            s.add(job)
-            s.flush()
+            job = enqueue_triage(s, message_id, REPLAY_PRIORITY, max_attempts)
             record_event(s, "admin_replay", message_id=message_id, job_id=job.id, actor=actor,
                          peer=peer, detail={"job_id": job.id})
             created.append({"message_id": message_id, "job_id": job.id})

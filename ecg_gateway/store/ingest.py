@@ -26,7 +26,8 @@ from ecg_gateway.audit import Auditor, record_event
 from ecg_gateway.errors import StoreUnavailableError
 from ecg_gateway.metrics import ECGS_RECEIVED
 from ecg_gateway.store.db import db_now
-from ecg_gateway.store.models import Job, Message
+from ecg_gateway.store.models import Message
+from ecg_gateway.store.queue import enqueue_triage
 
 log = structlog.get_logger(__name__)
 
@@ -129,10 +130,7 @@ class Ingestor:
                           received_at=db_now(session.get_bind().dialect.name))
             session.add(row)
             session.flush()
-            job = Job(kind="triage", message_id=row.id, priority=msg.priority,
-                      max_attempts=self._max_attempts)
-            session.add(job)
-            session.flush()
+            job = enqueue_triage(session, row.id, msg.priority, self._max_attempts)
             record_event(session, "received", message_id=row.id, job_id=job.id, peer=msg.peer,
                          detail={"source": msg.source, "ecg_uid": msg.ecg_uid, "sha256": digest, **msg.notes})
             return IngestResult(IngestOutcome.STORED, row.id)

@@ -194,6 +194,17 @@ def _require_state(s: Session, q: Queue, ids: list[int], allowed: tuple[Phase, .
 
 # --- jobs ----------------------------------------------------------------------------------
 
+def enqueue_triage(session: Session, message_id: int, priority: int, max_attempts: int) -> Job:
+    """A new triage job for a stored message (ingest, an admin replay): waiting, no attempts.
+
+    The caller records why it was made (``received``, ``admin_replay``) in the same
+    transaction, with the job's id, which is assigned here."""
+    job = Job(kind="triage", message_id=message_id, priority=priority, max_attempts=max_attempts)
+    session.add(job)
+    session.flush()
+    return job
+
+
 def claim_jobs(session: Session, limit: int, lease_s: float) -> list[Claimed]:
     """The worker's claim: triage jobs, a crashed batch's rows one at a time."""
     return claim(session, Job, limit, lease_s, kind="triage", isolate_expired=True)

@@ -1,4 +1,5 @@
-"""The queue has one home: no state change of a ``jobs``/``outbound`` row outside store/queue.py.
+"""The queue has one home: no state change of a ``jobs``/``outbound`` row outside store/queue.py,
+and no job is made anywhere else (a job is born waiting, through ``enqueue_triage``).
 
 Reads the package's source (AST, and raw SQL strings) so the rule holds for code written later:
 adding a state or a transition means changing ``store/queue.py`` and nothing else.
@@ -39,6 +40,8 @@ def _offences(source: str, label: str) -> list[str]:
             if (name == "update" and isinstance(node.func, ast.Attribute)
                     and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "__table__"):
                 found.append((line, f"{where}: __table__.update()"))
+            if name == "Job" and isinstance(node.func, ast.Name):
+                found.append((line, f"{where}: Job(...)"))
             if name == "record_event" and len(node.args) > 1 and _kind(node.args[1]) & TRANSITION_EVENTS:
                 found.append((line, f"{where}: record_event({sorted(_kind(node.args[1]))})"))
         elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
@@ -74,7 +77,8 @@ def test_the_checker_finds_what_it_forbids() -> None:
            "record_event(s, 'delivered', outbound_id=1)\n"
            "record_event(s, f'oru_{x}', outbound_id=1)\n"
            "record_event(s, 'model_loaded')\n"
-           "if row.state == 'dead': pass\n")
+           "if row.state == 'dead': pass\n"
+           "s.add(Job(kind='triage', message_id=1))\n")
     assert [o.split(": ", 1)[1] for o in _offences(bad, "bad.py")] == [
         "update(Outbound)", "__table__.update()", ".state =", "raw SQL 'update jobs set state = 1'",
-        "record_event(['delivered'])"]
+        "record_event(['delivered'])", "Job(...)"]
