@@ -2,20 +2,23 @@
 
 Every choice is made on PTB-XL fold 9 (never fold 10 or CinC), under the training mapping:
 
-1. each member's probabilities are computed once per 2.5 s window (stride 1.25 s) and on
-   the whole record;
-2. for each layout (7 windows at a 1.25 s stride, 4 at 2.5 s, or the whole record) and triage
+1. each member's probabilities are computed once per 2.5 s window (stride 1.25 s), per 5 s
+   window (stride 2.5 s) and on the whole record;
+2. for each layout (2.5 s windows at a 1.25 s or a 2.5 s stride, 5 s windows at 2.5 s, which
+   is how a member trained on 5 s crops is validated, or the whole record) and triage
    aggregation (mean, max), members are added greedily while the fold-9 score (mean of overall
-   c and PDI) improves and the cost (members x windows) stays within ``max_cost``;
+   c and PDI) improves and the cost (members x samples read, in 2.5 s units) stays within
+   ``max_cost``;
 3. the statement aggregation is the one with the higher fold-9 statement macro-AUC;
 4. the acute thresholds per flag budget and the per-statement thresholds come from the
-   chosen ensemble's fold-9 outputs.
+   chosen ensemble's fold-9 outputs as the written checkpoint serves them (float16 weights).
 
 The result is one format-2 checkpoint, weights in float16 (``--full`` keeps float32).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -39,16 +42,31 @@ from model_training.train import CONTRACT, model_inputs, val_score
 
 log = structlog.get_logger(__name__)
 K = len(CATEGORY_ORDER)
-WINDOW, STRIDE = 250, 125
-#: layout -> indices of the stride-125 windows it uses (None: the whole record)
-LAYOUTS: dict[str, list[int] | None] = {"w125": list(range(7)), "w250": [0, 2, 4, 6], "whole": None}
+#: layout -> (window length, stride) in samples at 100 Hz; None: the whole record
+LAYOUTS: dict[str, tuple[int, int] | None] = {"w125": (250, 125), "w250": (250, 250), "w500": (500, 250),
+                                              "whole": None}
+UNIT = 250  # cost unit: one 2.5 s window's samples
+
+
+def _finest_stride(length: int) -> int:
+    """The stride at which a window length's outputs are computed (every layout's is a multiple)."""
+    return min(spec[1] for spec in LAYOUTS.values() if spec is not None and spec[0] == length)
+
+
+def _picks(layout: str) -> tuple[int, list[int]]:
+    """(window length, indices into that length's finest-stride windows) of a windowed layout."""
+    spec = LAYOUTS[layout]
+    assert spec is not None
+    length, stride = spec
+    step = stride // _finest_stride(length)
+    return length, list(range(0, (CONTRACT.length - length) // _finest_stride(length) + 1, step))
 
 
 @dataclass
 class MemberOutputs:
     run: str
     net: TriageNet
-    windows: np.ndarray  # [N, 7, 4 + S] probabilities per 2.5 s window
+    windows: dict[int, np.ndarray]  # window length -> [N, W, 4 + S] probabilities per window (finest stride)
     whole: np.ndarray  # [N, 4 + S] on the whole record
 
 
@@ -62,29 +80,34 @@ def member_outputs(run: Path, x: torch.Tensor, batch: int = 64) -> MemberOutputs
     kept beside the run (``fold9_outputs.npz``, keyed by the checkpoint's sha256 and the inputs)."""
     model = load_model(run / "model.pt", "cpu", optimize=False)
     net = model.net.eval()
-    key = f"{model.sha256}:{x.shape[0]}:{float(x.abs().sum()):.6g}"
+    lengths = sorted({spec[0] for spec in LAYOUTS.values() if spec is not None})
+    key = f"{model.sha256}:{x.shape[0]}:{float(x.abs().sum()):.6g}:{lengths}"
     kept = run / "fold9_outputs.npz"
     if kept.is_file():
         data = np.load(kept)
         if str(data["key"]) == key:
-            return MemberOutputs(str(run), net, data["windows"], data["whole"])
-    starts = range(0, x.shape[-1] - WINDOW + 1, STRIDE)
-    per_window, whole = [], []
+            return MemberOutputs(str(run), net, {n: data[f"windows{n}"] for n in lengths}, data["whole"])
+    per_window: dict[int, list[np.ndarray]] = {n: [] for n in lengths}
+    whole = []
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
-        per_window.append(np.stack([_probs(net(xb[:, :, s:s + WINDOW])) for s in starts], axis=1))
+        for n in lengths:
+            starts = range(0, x.shape[-1] - n + 1, _finest_stride(n))
+            per_window[n].append(np.stack([_probs(net(xb[:, :, s:s + n])) for s in starts], axis=1))
         whole.append(_probs(net(xb)))
-    out = MemberOutputs(str(run), net, np.concatenate(per_window), np.concatenate(whole))
-    np.savez_compressed(kept, key=np.array(key), windows=out.windows, whole=out.whole)
+    out = MemberOutputs(str(run), net, {n: np.concatenate(per_window[n]) for n in lengths},
+                        np.concatenate(whole))
+    arrays = {"key": np.array(key), "whole": out.whole, **{f"windows{n}": out.windows[n] for n in lengths}}
+    np.savez_compressed(kept, **arrays)  # type: ignore[arg-type]
     return out
 
 
 def combine(members: list[MemberOutputs], layout: str, triage_how: str, statements_how: str) -> np.ndarray:
     """The ensemble's ``[N, 4 + S]`` as :class:`WindowedEnsemble` computes it."""
-    picks = LAYOUTS[layout]
-    if picks is None:
+    if LAYOUTS[layout] is None:
         return np.mean([m.whole for m in members], axis=0)
-    mean = np.mean([m.windows[:, picks] for m in members], axis=0)  # [N, W, 4 + S]
+    length, picks = _picks(layout)
+    mean = np.mean([m.windows[length][:, picks] for m in members], axis=0)  # [N, W, 4 + S]
     triage = mean[:, :, :K].mean(1) if triage_how == "mean" else mean[:, :, :K].max(1)
     triage = triage / triage.sum(1, keepdims=True)
     statements = mean[:, :, K:].mean(1) if statements_how == "mean" else mean[:, :, K:].max(1)
@@ -92,8 +115,10 @@ def combine(members: list[MemberOutputs], layout: str, triage_how: str, statemen
 
 
 def cost(n_members: int, layout: str) -> int:
-    picks = LAYOUTS[layout]
-    return n_members * (4 if picks is None else len(picks))  # whole record = 4 windows of work
+    if LAYOUTS[layout] is None:
+        return n_members * CONTRACT.length // UNIT  # the whole record: 4 units of work
+    length, picks = _picks(layout)
+    return n_members * len(picks) * length // UNIT
 
 
 def choose(members: list[MemberOutputs], labels: np.ndarray, truth: np.ndarray,
@@ -141,16 +166,23 @@ def pack(runs: list[Path], arrays: PtbxlArrays, out: Path, *, mapping: str = "2.
     best, tried = choose(members, labels, truth, max_cost)
     picked = [members[i] for i in best["members"]]
     probs = combine(picked, best["layout"], best["triage"], best["statements"])
+    windows = None
+    spec = LAYOUTS[best["layout"]]
+    if spec is not None:
+        windows = WindowSpec(spec[0], spec[1], best["triage"], best["statements"])
+    # pooled members read any length: each is declared for what the layout gives it (a member
+    # trained on 5 s crops may read 2.5 s windows, and every member reads the whole record)
+    nets = [_relength(m.net, CONTRACT.length if spec is None else spec[0]) for m in picked]
+    # the operating points come from the checkpoint as served (float16 weights, the serving
+    # lanes), not from the float32 choice above: a 10 % budget must flag 10 % of what serving
+    # computes (2026-12-07: float16 moved the ECG at the 10 % boundary below a float32 threshold)
+    write = functools.partial(save_checkpoint, out, nets, CONTRACT, windows=windows, half=half)
+    provisional = statement_vocabulary(mapping)
+    write(statements=StatementVocabulary.from_dict({**provisional, "thresholds": [0.5] * len(provisional["codes"])}))
+    probs = served_outputs(out, x)
     budgets = {b: budget_threshold(probs[:, :K], b) for b in FLAG_BUDGETS}
     vocabulary = StatementVocabulary.from_dict(
         {**statement_vocabulary(mapping), "thresholds": statement_thresholds(truth, probs[:, K:])})
-    windows = None
-    nets = [m.net for m in picked]
-    if best["layout"] != "whole":
-        stride = STRIDE * (len(LAYOUTS["w125"]) - 1) // (len(LAYOUTS[best["layout"]]) - 1)
-        windows = WindowSpec(WINDOW, stride, best["triage"], best["statements"])
-    else:  # the pooled members read the whole record: their contract length is the record's
-        nets = [_relength(net, CONTRACT.length) for net in nets]
     flagged = probs[:, K - 1] >= budgets[0.10]
     summary = {"model_id": model_id, "mapping_version": get_mapping(mapping).version,
                "members": [m.run for m in picked], "candidates": [m.run for m in members],
@@ -165,8 +197,8 @@ def pack(runs: list[Path], arrays: PtbxlArrays, out: Path, *, mapping: str = "2.
                                                        "statement_aggregation", "max_cost")},
                 "validation": {k: float(v) for k, v in summary["fold9"].items()}, "metrics": None,
                 "training": _training_config(picked[0].run)}
-    sha = save_checkpoint(out, nets, CONTRACT, thresholds={ACUTE: budgets[0.10]}, metadata=metadata,
-                          windows=windows, statements=vocabulary, flag_budgets=budgets, half=half)
+    sha = write(thresholds={ACUTE: budgets[0.10]}, metadata=metadata, statements=vocabulary,
+                flag_budgets=budgets)
     summary.update(sha256=sha, bytes=out.stat().st_size)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     log.info("packed", **{k: summary[k] for k in ("layout", "triage_aggregation", "statement_aggregation",
@@ -174,8 +206,18 @@ def pack(runs: list[Path], arrays: PtbxlArrays, out: Path, *, mapping: str = "2.
     return summary
 
 
+def served_outputs(checkpoint: Path, x: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """``[N, 4 + S]`` as ``serve`` computes them from ``checkpoint`` (CPU, float32 lanes)."""
+    model = load_model(checkpoint, "cpu")
+    parts = [np.concatenate(model.predict_full(x[i:i + batch].numpy()), axis=1)
+             for i in range(0, x.shape[0], batch)]
+    return np.concatenate(parts)
+
+
 def _relength(net: TriageNet, length: int) -> TriageNet:
     """The same pooled net declared for ``length``-sample inputs (weights unchanged)."""
+    if net.arch_kwargs()["length"] == length:
+        return net
     other = TriageNet(**{**net.arch_kwargs(), "length": length}).eval()
     other.load_state_dict(net.state_dict())
     return other

@@ -16,7 +16,8 @@ from ecg_gateway.triage.network import TriageNet
 from ecg_gateway.triage.optimize import bf16_supported
 from model_training import cache
 from model_training.labels import MAPPING_VERSION, MAPPINGS
-from model_training.train import TrainConfig, train
+from model_training.policy import budget_threshold
+from model_training.train import TrainConfig, model_inputs, train
 from tests.support.paths import REPO, shared_data
 
 
@@ -73,8 +74,13 @@ def test_pack_and_evaluate_cli_write_an_ensemble_card_and_ship(tmp_path: Path,
                           cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     choices = json.loads(packed.with_suffix(".json").read_text())
-    assert choices["layout"] in ("w125", "w250", "whole") and 1 <= len(choices["members"]) <= 2
+    assert choices["layout"] in ("w125", "w250", "w500", "whole") and 1 <= len(choices["members"]) <= 2
     assert set(choices["flag_budgets"]) == {"0.05", "0.1", "0.15", "0.2"}
+    # the operating point is the one serving computes from the written (float16) checkpoint
+    fold9 = tiny_arrays.with_mapping("2.0").subset(tiny_arrays.fold == 9)
+    fold9 = fold9.subset(fold9.label >= 0)
+    served = load_model(packed, device="cpu").predict(model_inputs(fold9))
+    assert choices["flag_budgets"]["0.1"] == budget_threshold(served, 0.10)
     cinc = shared_data("cinc2021-samples")
     shipped, report = tmp_path / "shipped.pt", tmp_path / "report"
     proc = subprocess.run(
