@@ -104,6 +104,38 @@ COMMANDS = [
 ]
 
 
+def _class_weights_text(training: dict[str, Any]) -> str:
+    mode = training.get("class_weights", "sqrt")
+    return {"none": "no class weights",
+            "inverse": "'inverse' class weights (inverse class frequency)"}.get(
+        mode, f"'{mode}' class weights (inverse square root of class frequency)")
+
+
+def _statement_head_text(training: dict[str, Any]) -> str:
+    if not training.get("statement_weight"):
+        return ""
+    where = ("with a hidden layer of its own" if training.get("statement_head") == "own"
+             else "on the main head's hidden layer")
+    return (f"multi-label SCP-statement head {where} ({training['statement_weight']} × mean BCE over "
+            "the 71 statements, likelihood-aware targets: likelihood / 100, 1 where no likelihood is "
+            "given), ")
+
+
+def _oversample_text(training: dict[str, Any]) -> str:
+    oversample = training.get("oversample") or {}
+    if not oversample:
+        return ""
+    listed = ", ".join(f"{code} ×{copies}" for code, copies in oversample.items())
+    return f"Records listing a rare statement drawn more often per epoch: {listed}. "
+
+
+def _augmentation_text(training: dict[str, Any]) -> str:
+    gain = float(training.get("gain_jitter", 0.2))
+    amplitude = (f"gain ±{gain * 100:g} %" if gain
+                 else "no gain change (voltage criteria read the recorded voltages)")
+    return f"Augmentation: {amplitude}, Gaussian noise ≤ 0.03 mV, baseline wander ≤ 0.15 mV (0.05–0.5 Hz)."
+
+
 def _schedule_text(training: dict[str, Any]) -> str:
     if training.get("schedule") == "onecycle":
         return f"one-cycle learning rate peaking at {training.get('lr')} (30 % warm-up, cosine down)"
@@ -136,20 +168,16 @@ def card_texts(card: dict[str, Any], evaluation: dict[str, Any], extra: dict[str
             f"{info.get('sources', {})}. 500 Hz signals, resampled to 100 Hz and centre-cropped "
             "to 10 s by the daemon's preprocess(). Never used for training or tuning."),
         "training_description": (
-            f"Focal loss (γ={training.get('gamma')}) with '{training.get('class_weights')}' class "
-            f"weights (inverse square root of class frequency), auxiliary head "
+            f"Focal loss (γ={training.get('gamma')}) with {_class_weights_text(training)}, auxiliary head "
             f"{training.get('aux_weight', 0.3)}, "
-            + (f"multi-label SCP-statement head on the main head's hidden layer "
-               f"({training['statement_weight']} × mean BCE over the 71 statements, likelihood-aware "
-               "targets: likelihood / 100, 1 where no likelihood is given), "
-               if training.get("statement_weight") else "")
+            + _statement_head_text(training)
             + f"{training.get('optimizer', 'adam')} "
             f"(weight decay {training.get('weight_decay', 1e-4)}), batch "
             f"{training.get('batch_size')}, {_schedule_text(training)}, {training.get('epochs')} epochs, "
             "the epoch with the best validation score = mean(overall c, PDI) on fold 9 kept. "
             + (f"Random {training['crop'] / 100:g} s crops of each record per step. " if training.get("crop") else "")
-            + "Augmentation: gain ±20 %, Gaussian noise ≤ 0.03 mV, baseline wander ≤ 0.15 mV "
-            f"(0.05–0.5 Hz). Fold-9 scores {card['training'].get('validation')}. "
+            + _oversample_text(training) + _augmentation_text(training)
+            + f" Fold-9 scores {card['training'].get('validation')}. "
             f"{extra.get('training_note', TRAINING_NOTE if training.get('crop') else V1_TRAINING_NOTE)}"),
         "mapping_rules": (
             f"Statements count when their likelihood is ≥ {MIN_LIKELIHOOD:.0f} or 0 (unspecified; "

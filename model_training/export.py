@@ -353,5 +353,5 @@ def _inference_description(model: Any) -> dict[str, Any]:
 def _target(name: str, value: float | None, floor: float, aim: float | None) -> str:
     if value is None:
         return f"{name}: undefined on this set"
-    text = f"{name} {value:.3f}: floor {floor:.2f} {'met' if value >= floor else 'NOT met'}"
-    return text + (f", aim {aim:.2f} {'met' if value >= aim else 'not met'}" if aim is not None else "")
+    text = f"{name} {value:.3f}: floor {floor:g} {'met' if value >= floor else 'NOT met'}"
+    return text + (f", aim {aim:g} {'met' if value >= aim else 'not met'}" if aim is not None else "")

@@ -196,7 +196,7 @@ def pack(runs: list[Path], arrays: PtbxlArrays, out: Path, *, mapping: str = "2.
                 "selection": {k: summary[k] for k in ("layout", "triage_aggregation",
                                                        "statement_aggregation", "max_cost")},
                 "validation": {k: float(v) for k, v in summary["fold9"].items()}, "metrics": None,
-                "training": _training_config(picked[0].run)}
+                "training": _training_config(picked[0].run), "git_revision": _git_revision(picked[0].run)}
     sha = write(thresholds={ACUTE: budgets[0.10]}, metadata=metadata, statements=vocabulary,
                 flag_budgets=budgets)
     summary.update(sha256=sha, bytes=out.stat().st_size)
@@ -223,6 +223,12 @@ def _relength(net: TriageNet, length: int) -> TriageNet:
     return other
 
 
+def _git_revision(run: str) -> str | None:
+    """The revision of the code that trained the (first) member, as its summary recorded it."""
+    summary = Path(run) / "summary.json"
+    return json.loads(summary.read_text()).get("git_revision") if summary.is_file() else None
+
+
 def _training_config(run: str) -> dict[str, Any]:
     summary = Path(run) / "summary.json"
     if not summary.is_file():
@@ -230,4 +236,5 @@ def _training_config(run: str) -> dict[str, Any]:
     config = json.loads(summary.read_text())["config"]
     return {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "schedule", "optimizer",
                                    "crop", "head", "statement_weight", "statement_targets", "mapping",
-                                   "gamma", "class_weights", "aux_weight", "cpu_bf16") if k in config}
+                                   "gamma", "class_weights", "aux_weight", "cpu_bf16", "statement_head",
+                                   "gain_jitter", "dropout", "oversample", "seed") if k in config}

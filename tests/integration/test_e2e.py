@@ -81,7 +81,7 @@ def test_each_dicom_file_reaches_a_result_within_2s_and_matches_triage_cli(gatew
         assert time.monotonic() - started < deadline
     report = json.loads(run_cli("status", "--config", str(config), "--json").stdout)
     assert sum(report["results"].values()) == 3
-    assert report["model"]["model_id"] == "ecg-triage-ptbxl100-v1"
+    assert report["model"]["model_id"] == "ecg-triage-ptbxl100-v2"
     cli = run_cli("triage", "--config", str(config), "--json", *map(str, files))
     assert cli.returncode == 0, cli.stderr
     for row, obj in zip(_results(db_url), json.loads(cli.stdout), strict=True):
