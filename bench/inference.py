@@ -117,6 +117,12 @@ def with_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+def passes_per_ecg(model: TriageModel) -> int:
+    """Forward passes of one member over one window (or the whole record) that an ECG costs."""
+    windows = model.windows.count(model.contract.length) if model.windows is not None else 1
+    return windows * len(model.members)
+
+
 def member_input(model: TriageModel) -> tuple[int, int]:
     """(leads, samples) one member reads per pass: a window, or the whole record."""
     windows = model.windows
@@ -179,11 +185,30 @@ def conv_timings(runner: torch.nn.Module, x: torch.Tensor, passes: int) -> list[
              "gflop_per_s": flops[key] * len(times) / sum(times) / 1e9} for key, times in spent.items()]
 
 
+class _FinalAndHeads(torch.nn.Module):
+    """The net's last stage: the final BN-ReLU, the triage head and, if it has one, the
+    statement head (as ``TriageNet.forward`` runs them)."""
+
+    def __init__(self, body: torch.nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def parts(self) -> list[torch.nn.Module]:
+        heads = [self.body.final, self.body.head]
+        return heads if self.body.statements is None else [*heads, self.body.statements]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body.final(x)
+        if self.body.statements is None:
+            return self.body.head(features)
+        return torch.cat(self.body._heads(features), dim=1)
+
+
 def _stages(net: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The top-level stages of a TriageNet or of its CPU rewrite (same names in both)."""
     body = getattr(net, "body", net)
     groups = [(f"group {i + 1}", g) for i, g in enumerate(body.groups)]  # type: ignore[arg-type]
-    return [("stem", body.stem), *groups, ("final BN-ReLU + head", torch.nn.Sequential(body.final, body.head))]
+    return [("stem", body.stem), *groups, ("final BN-ReLU + heads", _FinalAndHeads(body))]
 
 
 def stage_flops(net: TriageNet, leads: int, length: int) -> list[float]:
@@ -203,8 +228,8 @@ def stage_timings(model: TriageModel, eager: torch.nn.Module, batch: int, passes
     leads, length = member_input(model)
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(batch, leads, length)).astype(np.float32))
     stages = _stages(eager)
-    final, head = stages[-1][1]  # type: ignore[misc]
-    timed = [m for _, m in stages[:-1]] + [final, head]
+    last = stages[-1][1].parts()  # type: ignore[operator]
+    timed = [m for _, m in stages[:-1]] + last
     started: dict[torch.nn.Module, float] = {}
     spent: dict[torch.nn.Module, float] = {m: 0.0 for m in timed}
 
@@ -224,7 +249,7 @@ def stage_timings(model: TriageModel, eager: torch.nn.Module, batch: int, passes
     finally:
         for hook in hooks:
             hook.remove()
-    seconds = [spent[m] / passes for m in timed[:-2]] + [(spent[final] + spent[head]) / passes]
+    seconds = [spent[m] / passes for m in timed[:-len(last)]] + [sum(spent[m] for m in last) / passes]
     flops = stage_flops(model.net, leads, length)
     return [{"stage": name, "ms": sec * 1e3, "gflop": f * batch / 1e9, "gflop_per_s": f * batch / sec / 1e9}
             for (name, _), sec, f in zip(stages, seconds, flops, strict=False)]
@@ -390,7 +415,8 @@ def main() -> int:
               f"{row['gflop_per_s']:9.1f} {row['ratio']:8.1%}")
     print(f"(ECG/s: median (min-max) of {args.repeats} runs of {args.seconds:g} s; peak: best matmul run)")
     report: dict[str, object] = {"model_id": model.model_id, "device": str(device), "params": params,
-                                 "flops_per_ecg": flops, "matmul_peak_flops": peak, "rows": rows}
+                                 "flops_per_ecg": flops, "matmul_peak_flops": peak, "rows": rows,
+                                 "passes_per_ecg": passes_per_ecg(model)}
     if args.eager and not cuda:
         runs = eager_rate(model, machine_threads, args.seconds, args.repeats)
         rate = statistics.median(runs)
