@@ -86,5 +86,7 @@ def _statements(result: ResultView) -> tuple[str, ...]:
     if not result.statements:
         return ()
     ranked = sorted(result.statements, key=lambda s: -s.probability)[:MAX_STATEMENTS]
-    return ("Statements (model, probability):",
-            *(f"{s.code}  {s.description}  {s.probability:.2f}" for s in ranked))
+    lines = [f"{s.code}  {s.description}  {s.probability:.2f}" for s in ranked]
+    # the heading shares the first statement's line: two measurement lines and five statements
+    # fill the column's seven rows (a heading line of its own pushed the fifth off the page)
+    return (f"Model statements: {lines[0]}", *lines[1:])

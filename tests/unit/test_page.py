@@ -9,6 +9,7 @@ from ecg_gateway.ecg import Demographics
 from ecg_gateway.evidence import DecisionRule, Measurements, Statement
 from ecg_gateway.outbound.oru import MessageView, ResultView
 from ecg_gateway.outbound.page import page_text
+from ecg_gateway.outbound.render import HEADER_ROWS
 
 ACQUIRED = datetime(2025, 1, 1, 11, 58)
 RULE = DecisionRule("threshold", "ACUTE: p(acute) 0.31 \u2265 0.12, the threshold that flags 10 % "
@@ -54,13 +55,14 @@ def test_rule_measurements_and_statements_appear_when_present() -> None:
     text = page_text(replace(result(), decision=RULE, measurements=MEASURED,
                              statements=STATEMENTS), message())
     assert text.details[1] == f"Decision: {RULE.text}"
-    hr, qtc, heading, *shown = text.findings
+    assert len(text.findings) <= HEADER_ROWS  # every line is on the page
+    hr, qtc, *shown = text.findings
     assert "HR 72 /min" in hr and "PR 160 ms" in hr and "QRS 92 ms" in hr and "QT 380 ms" in hr
     assert "QTc 410 ms (Bazett)" in qtc and "402 ms (Fridericia)" in qtc
     assert "QRS -30°" in qtc and "T \u2013" in qtc  # the T axis was not measurable
-    assert heading.startswith("Statements")
+    assert shown[0] == "Model statements: AFIB  atrial fibrillation  0.87"
+    shown[0] = shown[0].removeprefix("Model statements: ")
     assert [line.split()[0] for line in shown] == ["AFIB", "STE", "IMI", "LBBB", "PVC"]  # top 5
-    assert shown[0] == "AFIB  atrial fibrillation  0.87"
 
 
 def test_patient_line_reads_composites_as_the_inbound_side_keeps_them() -> None:
