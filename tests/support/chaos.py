@@ -9,9 +9,10 @@ database and the EHR's log are checked against the invariants of reliability.md 
 * every acknowledged ECG is stored once, with the sha256 of the stored bytes, which are the
   bytes the cart sent (HL7) or end with the dataset it sent (DICOM);
 * no non-terminal row (jobs queued/running, outbound pending/sending);
-* every result in a delivered category has exactly one outbound row, delivered or dead;
-  delivered rows were AA'd by the EHR, dead ones never were (never both, never neither);
-  no ORU for the other categories;
+* every result in a delivered category has exactly one first ORU row, delivered or dead,
+  and at most one correction (a PDF past its render budget comes in a corrected ORU,
+  decisions.md 47); delivered rows were AA'd by the EHR, dead ones never were (never both,
+  never neither); no ORU for the other categories;
 * extra ORU copies after an AA <= sends interrupted by a kill; every copy of an ORU has the
   same bytes and MSH-10.
 
@@ -237,7 +238,7 @@ def analyse(spec: Spec, ecgs: list[Ecg], ehr: ChaosEhr, db_url: str, kills: list
     from sqlalchemy import select
 
     from ecg_gateway.store.db import make_engine, make_session_factory
-    from ecg_gateway.store.models import Job, Message, Outbound, Result
+    from ecg_gateway.store.models import Job, Message, Outbound, OutboundKind, Result
 
     engine = make_engine(db_url)
     with make_session_factory(engine)() as s:
@@ -260,10 +261,11 @@ def analyse(spec: Spec, ecgs: list[Ecg], ehr: ChaosEhr, db_url: str, kills: list
         if (raw != sent) if e.protocol == "hl7" else not raw.endswith(sent or b"\0"):
             content_bad.append(e.key)
     delivered_categories = set(ALL_CATEGORIES if spec.deliver_all else ["acute", "uninterpretable"])
-    by_result = defaultdict(list)
+    by_result, corrections = defaultdict(list), defaultdict(list)
     for row in outbound:
-        by_result[row.result_id].append(row)
+        (corrections if row.kind == OutboundKind.CORRECTION.value else by_result)[row.result_id].append(row)
     neither = [r.id for r in results.values() if r.category in delivered_categories and len(by_result[r.id]) != 1]
+    stray_corrections = [rid for rid, rows in corrections.items() if len(rows) > 1 or not by_result[rid]]
     unexpected = [r.id for r in results.values() if r.category not in delivered_categories and by_result[r.id]]
     copies = defaultdict(list)
     for copy in ehr.copies:
@@ -287,6 +289,8 @@ def analyse(spec: Spec, ecgs: list[Ecg], ehr: ChaosEhr, db_url: str, kills: list
         "outbound": dict(states), "non_terminal": job_states["queued"] + job_states["running"]
         + states["pending"] + states["sending"],
         "neither": len(neither), "both": len(both), "delivered_without_aa": len(delivered_without_aa),
+        "corrections": sum(len(rows) for rows in corrections.values()),
+        "stray_corrections": len(stray_corrections),
         "unexpected_oru_rows": len(unexpected), "orus_on_wire": len(ehr.copies),
         "orus_unknown_on_wire": len(set(copies) - known),
         "duplicates_after_aa": crash_duplicates,
@@ -309,6 +313,7 @@ def failures(report: dict[str, Any]) -> list[str]:
         "one job per message": report["messages_without_one_job"] == 0,
         "0 non-terminal rows": report["non_terminal"] == 0,
         "never neither": report["neither"] == 0,
+        "at most one correction, after a first ORU": report["stray_corrections"] == 0,
         "never both": report["both"] == 0,
         "delivered only after AA": report["delivered_without_aa"] == 0,
         "no ORU for other categories": report["unexpected_oru_rows"] == 0,
